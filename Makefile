@@ -1,0 +1,36 @@
+# Two entry points, both idempotent, both using the virtual environment .venv in this folder:
+#   make demo   set up, then train + evaluate a small ViG on the embedded Fashion-MNIST subset
+#   make test   set up (with the torch-cluster / torch-scatter extra), then run the test suite
+# GPU users: make test TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu126"
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: demo test lint clean-venv
+
+$(VENV)/.base: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# torch-scatter / torch-cluster have no wheels for every torch build: they compile from source
+# against the installed torch (a few minutes each; pip caches the wheels afterwards).
+$(VENV)/.cluster: $(VENV)/.base
+	$(PY) -m pip install -q --no-build-isolation torch-scatter torch-cluster
+	touch $@
+
+demo: $(VENV)/.base
+	$(PY) -m pyg_vig train --demo
+
+test: $(VENV)/.cluster
+	$(PY) -m pytest -q tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+lint: $(VENV)/.base
+	$(PY) -m ruff check pyg_vig tests benchmarks examples
+
+clean-venv:
+	rm -rf $(VENV)
