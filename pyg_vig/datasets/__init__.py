@@ -1,0 +1,191 @@
+"""Datasets: the embedded Fashion-MNIST subset, MNIST-format IDX folders and image folders.
+
+:func:`load_dataset` is the single entry point::
+
+    from pyg_vig.datasets import load_dataset
+
+    train = load_dataset("fashion_mnist_subset", "train")       # shipped with the package
+    test = load_dataset("/usr/share/datasets/fashion-mnist", "test")  # any IDX folder
+    pets = load_dataset("~/pets", "train", image_size=64)       # ~/pets/train/<class>/*.jpg
+
+Each dataset yields ``(image [C, H, W] float in [0, 1], label)`` and has ``classes`` and
+``in_chans`` attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from pyg_vig.datasets.folder import IMAGE_EXTENSIONS, ImageFolder, load_image
+from pyg_vig.datasets.idx import (
+    IDXDataset,
+    TensorImageDataset,
+    find_idx_files,
+    read_idx,
+    read_idx_split,
+    write_idx,
+)
+from pyg_vig.datasets.transforms import (
+    Compose,
+    Mixup,
+    Normalize,
+    RandomCrop,
+    RandomErasing,
+    RandomHorizontalFlip,
+    one_hot_smooth,
+)
+
+__all__ = [
+    "EMBEDDED",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_SYSTEM_PATH",
+    "Compose",
+    "IDXDataset",
+    "IMAGE_EXTENSIONS",
+    "ImageFolder",
+    "Mixup",
+    "Normalize",
+    "RandomCrop",
+    "RandomErasing",
+    "RandomHorizontalFlip",
+    "TensorImageDataset",
+    "build_transform",
+    "embedded_path",
+    "find_idx_files",
+    "load_dataset",
+    "load_image",
+    "one_hot_smooth",
+    "read_idx",
+    "read_idx_split",
+    "write_idx",
+]
+
+EMBEDDED = "fashion_mnist_subset"
+FASHION_MNIST_SYSTEM_PATH = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+# names that mean "the full Fashion-MNIST as installed by apt-get install dataset-fashion-mnist"
+_SYSTEM_NAMES = ("fashion_mnist", "fashion-mnist")
+
+
+def embedded_path() -> Path:
+    """Path of the shipped ``fashion_mnist_subset.npz`` (20k train / 5k test, class-balanced)."""
+    return Path(str(resources.files("pyg_vig.datasets") / "assets" / "fashion_mnist_subset.npz"))
+
+
+def _load_npz(path: Path, split: str, classes: list[str] | None, transform) -> TensorImageDataset:
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset file not found: {path}")
+    try:
+        with np.load(path) as data:
+            images, labels = data[f"{split}_images"], data[f"{split}_labels"]
+    except KeyError:
+        raise ValueError(f"{path} has no '{split}_images'/'{split}_labels' arrays") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read dataset file {path}: {e}") from None
+    return TensorImageDataset(images, labels, classes, transform)
+
+
+def load_dataset(
+    name_or_path: str | Path,
+    split: str = "train",
+    *,
+    transform: Callable[[Tensor], Tensor] | None = None,
+    image_size: int | tuple[int, int] | None = None,
+    in_chans: int = 3,
+    classes: list[str] | None = None,
+) -> Dataset:
+    """Load one split of a dataset by name or path.
+
+    ``name_or_path`` is one of
+
+    * ``"fashion_mnist_subset"``: the subset shipped with the package (28x28 grayscale);
+    * ``"fashion_mnist"``: the full set installed at ``/usr/share/datasets/fashion-mnist``;
+    * a folder of MNIST-format IDX files (``train-images-idx3-ubyte[.gz]``, ...);
+    * a ``.npz`` file with ``<split>_images`` (``[N, H, W]`` uint8) and ``<split>_labels``;
+    * an image folder: ``root/<split>/<class>/*.jpg`` (or ``root/<class>/*.jpg``, used for
+      every split), read with :class:`ImageFolder` at ``image_size`` and ``in_chans``.
+
+    Args:
+        name_or_path (str or Path): see above.
+        split (str): ``'train'`` or ``'test'`` (image folders also accept ``'val'``).
+        transform (callable, optional): per-image transform of ``[C, H, W]`` floats.
+        image_size (int or (int, int), optional): size for image folders (default: :obj:`32`).
+        in_chans (int): channels for image folders, 1 or 3 (default: :obj:`3`).
+        classes (list of str, optional): class names in label order; for image folders, the
+            expected folders (pass the training set's ``classes`` when loading its test split).
+
+    Raises:
+        FileNotFoundError: the path (or a needed file in it) does not exist.
+        ValueError: the data cannot be read.
+    """
+    name = str(name_or_path)
+    if name == EMBEDDED:
+        return _load_npz(embedded_path(), split, classes or FASHION_MNIST_CLASSES, transform)
+    if name in _SYSTEM_NAMES:
+        root = Path(FASHION_MNIST_SYSTEM_PATH)
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"full Fashion-MNIST not found at {root} "
+                "(apt-get install dataset-fashion-mnist, or pass the IDX folder)"
+            )
+        return IDXDataset(root, split, classes or FASHION_MNIST_CLASSES, transform)
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"dataset path not found: {path}")
+    if path.is_file():
+        if path.suffix != ".npz":
+            raise ValueError(f"unsupported dataset file {path} (expected a folder or a .npz)")
+        return _load_npz(path, split, classes, transform)
+    try:
+        find_idx_files(path, split)
+        is_idx = True
+    except FileNotFoundError:
+        is_idx = False
+    if is_idx:
+        return IDXDataset(path, split, classes, transform)
+    root = path / split if (path / split).is_dir() else path
+    if split == "test" and not (path / "test").is_dir() and (path / "val").is_dir():
+        root = path / "val"
+    return ImageFolder(root, image_size or 32, in_chans, transform, classes)
+
+
+def build_transform(
+    train: bool,
+    image_size: int | tuple[int, int],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    crop_padding: int = 2,
+    hflip: float = 0.5,
+    reprob: float = 0.25,
+) -> Compose:
+    """The standard per-image pipeline: (random crop, flip,) normalise, (random erasing).
+
+    Evaluation uses normalisation only.
+    """
+    steps: list[Callable[[Tensor], Tensor]] = []
+    if train:
+        if crop_padding > 0:
+            steps.append(RandomCrop(image_size, crop_padding))
+        if hflip > 0:
+            steps.append(RandomHorizontalFlip(hflip))
+    steps.append(Normalize(mean, std))
+    if train and reprob > 0:
+        steps.append(RandomErasing(reprob))
+    return Compose(steps)
