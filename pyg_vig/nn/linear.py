@@ -1,0 +1,115 @@
+"""Grouped ("multi-head") linear layers and the update MLP of ViG graph convolutions."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["MultiHeadLinear", "MultiHeadUpdate", "get_act", "ACTIVATIONS"]
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "gelu": nn.GELU,
+    "relu": nn.ReLU,
+    "leakyrelu": lambda: nn.LeakyReLU(0.2),
+    "prelu": lambda: nn.PReLU(init=0.2),
+    "hswish": nn.Hardswish,
+    "silu": nn.SiLU,
+}
+
+
+def get_act(act: str | Callable[[], nn.Module] | None) -> nn.Module:
+    """An activation module from a name (``"gelu"``, ``"relu"``, ...), a factory or ``None``."""
+    if act is None:
+        return nn.Identity()
+    if isinstance(act, str):
+        if act.lower() not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {act!r}; choose one of {sorted(ACTIVATIONS)}")
+        return ACTIVATIONS[act.lower()]()
+    return act()
+
+
+class MultiHeadLinear(nn.Module):
+    r"""Linear layer split into ``heads`` independent blocks (paper Eq. 5).
+
+    The input channels are split into ``heads`` contiguous groups and group :math:`h` is
+    mapped by its own weight :math:`W^h` to output group :math:`h`, which is a 1x1 convolution
+    with ``groups=heads`` acting on node features ``[..., in_channels]``.
+
+    Args:
+        in_channels (int): input channels, divisible by ``heads``.
+        out_channels (int): output channels, divisible by ``heads``.
+        heads (int, optional): number of heads. (default: :obj:`4`)
+        bias (bool, optional): add a learnable bias. (default: :obj:`True`)
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, heads: int = 4, bias: bool = True,
+                 device=None, dtype=None):
+        super().__init__()
+        if in_channels % heads or out_channels % heads:
+            raise ValueError(
+                f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible "
+                f"by heads ({heads})"
+            )
+        dd = {"device": device, "dtype": dtype}
+        self.in_channels, self.out_channels, self.heads = in_channels, out_channels, heads
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // heads, **dd))
+        self.bias = nn.Parameter(torch.empty(out_channels, **dd)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # The official code initialises every conv with kaiming_normal_ (fan_in) and zero bias.
+        nn.init.normal_(self.weight, std=math.sqrt(2.0 / self.weight.size(1)))
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.heads == 1:
+            return F.linear(x, self.weight, self.bias)
+        *lead, C = x.shape
+        G, O = self.heads, self.out_channels
+        # (..., C) -> (G, M, C/G) @ (G, C/G, O/G) -> (M, G, O/G) -> (..., O)
+        xg = x.reshape(-1, G, C // G).transpose(0, 1)
+        w = self.weight.view(G, O // G, C // G).transpose(1, 2)
+        if self.bias is not None:
+            out = torch.baddbmm(self.bias.view(G, 1, O // G), xg, w)
+        else:
+            out = torch.bmm(xg, w)
+        return out.transpose(0, 1).reshape(*lead, O)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, heads={self.heads}, "
+                f"bias={self.bias is not None}")
+
+
+class MultiHeadUpdate(nn.Sequential):
+    """Multi-head linear → BatchNorm → activation: the update MLP of every ViG graph conv.
+
+    Sub-module indices (``0`` linear, ``1`` norm, ``2`` activation) mirror the official
+    ``BasicConv`` so that checkpoint keys map one to one.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, heads: int = 4, bias: bool = True,
+                 norm: bool = True, act: str | Callable[[], nn.Module] | None = "gelu",
+                 device=None, dtype=None):
+        dd = {"device": device, "dtype": dtype}
+        layers: list[nn.Module] = [MultiHeadLinear(in_channels, out_channels, heads, bias, **dd)]
+        if norm:
+            layers.append(nn.BatchNorm1d(out_channels, **dd))
+        layers.append(get_act(act))
+        super().__init__(*layers)
+        self.in_channels, self.out_channels = in_channels, out_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() > 2:  # per-edge inputs (E, k, C): BatchNorm1d wants (M, C)
+            return super().forward(x.reshape(-1, x.size(-1))).view(*x.shape[:-1], -1)
+        return super().forward(x)
+
+    def reset_parameters(self) -> None:
+        for m in self:
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
