@@ -1,5 +1,21 @@
 """pyg_vig: Vision GNN built from PyTorch Geometric parts."""
 
+from pyg_vig.models import (
+    PyramidViG,
+    ViG,
+    create_model,
+    from_official,
+    list_models,
+    load_checkpoint,
+)
 from pyg_vig.version import __version__
 
-__all__ = ["__version__"]
+__all__ = [
+    "__version__",
+    "ViG",
+    "PyramidViG",
+    "create_model",
+    "list_models",
+    "from_official",
+    "load_checkpoint",
+]

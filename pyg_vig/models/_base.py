@@ -1,0 +1,204 @@
+"""Parts shared by the isotropic and pyramid ViG models: stems, input checks, head, pooling."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from pyg_vig.data.grid import GridLayout
+from pyg_vig.nn.linear import get_act
+
+__all__ = ["ConvStem", "ClassifierHead", "ViGBase"]
+
+
+class ConvStem(nn.Module):
+    """Overlapping 3x3 convolution stem: ``log2(stride)`` stride-2 convs, then a stride-1 conv.
+
+    Channels double up to ``out_channels`` (``C/8, C/4, C/2, C`` then ``C`` for stride 16, as
+    in isotropic ViG; ``C/2, C`` then ``C`` for stride 4, as in pyramid ViG). BatchNorm follows
+    every conv and the activation every conv but the last. Module indices mirror the official
+    ``stem.convs`` Sequential so checkpoint keys match directly.
+    """
+
+    def __init__(self, in_chans: int, out_channels: int, stride: int = 16,
+                 act: str | Callable = "gelu", device=None, dtype=None):
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        n_down = int(round(math.log2(stride)))
+        if 2**n_down != stride or stride < 1:
+            raise ValueError(f"stem stride must be a power of two, got {stride}")
+        layers: list[nn.Module] = []
+        prev = in_chans
+        for i in range(n_down):
+            ch = out_channels // 2 ** (n_down - 1 - i)
+            layers += [nn.Conv2d(prev, ch, 3, 2, 1, **dd), nn.BatchNorm2d(ch, **dd), get_act(act)]
+            prev = ch
+        layers += [nn.Conv2d(prev, out_channels, 3, 1, 1, **dd), nn.BatchNorm2d(out_channels, **dd)]
+        self.convs = nn.Sequential(*layers)
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.convs(x)
+
+
+class ClassifierHead(nn.Module):
+    """Global average pool → Linear(C, hidden) → BN → act → dropout → Linear(hidden, classes)."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 1024,
+                 act: str | Callable = "gelu", drop_rate: float = 0.0, device=None, dtype=None):
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.fc = nn.Linear(in_features, hidden, **dd)
+        self.norm = nn.BatchNorm1d(hidden, **dd)
+        self.act = get_act(act)
+        self.drop = nn.Dropout(drop_rate)
+        self.out = nn.Linear(hidden, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.hidden = hidden
+
+    def forward(self, pooled: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.drop(self.act(self.norm(self.fc(pooled))))
+        return x if pre_logits else self.out(x)
+
+
+class ViGBase(nn.Module):
+    """timm-style plumbing shared by :class:`ViG` and :class:`PyramidViG`."""
+
+    num_classes: int
+    in_chans: int
+    grad_checkpointing: bool = False
+    pos_embed: nn.Parameter
+
+    # ------------------------------------------------------------------ inputs
+    def _check_input(self, x: Tensor | Sequence[Tensor]) -> list[Tensor] | Tensor:
+        if isinstance(x, Tensor):
+            if x.dim() == 3:
+                x = x.unsqueeze(0)
+            if x.dim() != 4:
+                raise ValueError(
+                    f"expected images of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}"
+                )
+            images: list[Tensor] | Tensor = x
+            shapes = [tuple(x.shape[1:])]
+        elif isinstance(x, (list, tuple)) and len(x) > 0:
+            images = list(x)
+            shapes = []
+            for i, img in enumerate(images):
+                if not isinstance(img, Tensor) or img.dim() != 3:
+                    raise ValueError(f"image {i} of the list must be a (C, H, W) tensor")
+                shapes.append(tuple(img.shape))
+            if all(s == shapes[0] for s in shapes):
+                images = torch.stack(images, 0)  # one batched pass when sizes agree
+        else:
+            raise ValueError("expected a (B, C, H, W) tensor or a non-empty list of (C, H, W) tensors")
+        for c, h, w in shapes:
+            if c != self.in_chans:
+                raise ValueError(
+                    f"this model expects {self.in_chans}-channel images but got {c} channels; "
+                    f"convert the images or build the model with in_chans={c}"
+                )
+            self._check_size(h, w)
+        return images
+
+    def _check_size(self, h: int, w: int) -> None:
+        raise NotImplementedError
+
+    def _stem_nodes(self, images: Tensor | list[Tensor]) -> tuple[Tensor, GridLayout]:
+        """Stem on images (grouped by size) → node features + grid layout, plus pos embed."""
+        if isinstance(images, Tensor):
+            x, layout = GridLayout.from_images(self.stem(images))
+        else:
+            px, px_layout = GridLayout.from_images(images)
+            x, layout = px_layout.apply_grid_op(px, self.stem)
+        return self._add_pos_embed(x, layout), layout
+
+    def _pos_embed_nodes(self, size: tuple[int, int]) -> Tensor:
+        pe = self.pos_embed
+        if tuple(pe.shape[-2:]) != tuple(size):
+            # Any resolution: resample the learned grid (as timm does for ViT position embeddings).
+            pe = F.interpolate(pe, size=size, mode="bicubic", align_corners=False)
+        return pe.flatten(2).transpose(1, 2)[0]  # (1, C, H, W) -> (H*W, C)
+
+    def _add_pos_embed(self, x: Tensor, layout: GridLayout) -> Tensor:
+        if layout.uniform:
+            B, n = layout.num_graphs, layout.counts[0]
+            return (x.view(B, n, -1) + self._pos_embed_nodes(layout.sizes[0])).view(B * n, -1)
+        table = {s: self._pos_embed_nodes(s) for s, _ in layout.groups()}
+        return x + torch.cat([table[s] for s in layout.sizes], dim=0)
+
+    def _run_block(self, block: nn.Module, x: Tensor, layout: GridLayout, want_edges: bool):
+        if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+            return checkpoint(block, x, None, layout, want_edges, use_reentrant=False)
+        return block(x, None, layout, return_edge_index=want_edges)
+
+    # ------------------------------------------------------------------ pooling / outputs
+    @staticmethod
+    def _pool_nodes(x: Tensor, layout: GridLayout) -> Tensor:
+        if layout.uniform:
+            return x.view(layout.num_graphs, layout.counts[0], -1).mean(1)
+        from torch_geometric.nn import global_mean_pool
+
+        return global_mean_pool(x, layout.batch(x.device), size=layout.num_graphs)
+
+    @staticmethod
+    def _to_maps(x: Tensor, layout: GridLayout) -> Tensor | list[Tensor]:
+        return layout.to_images(x)
+
+    def forward_head(self, x: Tensor | list[Tensor], pre_logits: bool = False) -> Tensor:
+        """Pool ``forward_features`` output (a ``(B, C, H, W)`` map or a list of maps) → logits."""
+        if isinstance(x, Tensor):
+            pooled = x.mean(dim=(2, 3))
+        else:
+            pooled = torch.stack([m.mean(dim=(1, 2)) for m in x], dim=0)
+        return self.head(pooled, pre_logits=pre_logits)
+
+    def forward(self, x: Tensor | Sequence[Tensor]) -> Tensor:
+        """Images ``(B, C, H, W)`` or a list of ``(C, H_i, W_i)`` → logits ``(B, num_classes)``."""
+        return self.forward_head(self.forward_features(x))
+
+    # ------------------------------------------------------------------ timm helpers
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameters excluded from weight decay (timm convention)."""
+        return {"pos_embed"}
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass to save activation memory."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        """The final classification layer."""
+        return self.head.out
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the final layer with a fresh one for ``num_classes`` (0 removes it)."""
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"only global_pool='avg' is supported, got {global_pool!r}")
+        self.num_classes = num_classes
+        fc = self.head.fc
+        self.head.out = (nn.Linear(self.head.hidden, num_classes, device=fc.weight.device,
+                                   dtype=fc.weight.dtype) if num_classes > 0 else nn.Identity())
+
+    def _init_weights(self, m: nn.Module) -> None:
+        # Official initialisation: kaiming-normal (fan_in) convolutions, zero biases.
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def fuse(self) -> ViGBase:
+        """Fold every eval-mode BatchNorm into the linear layer before it (in place).
+
+        Outputs are unchanged up to float rounding; the model must stay in eval mode.
+        """
+        from pyg_vig.models.fuse import fuse_batchnorm
+
+        return fuse_batchnorm(self)
