@@ -1,0 +1,120 @@
+"""Training configuration: one flat dataclass, saved as ``config.json`` in every run folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DEMO_CONFIG", "RUNTIME_FIELDS", "ConfigError", "TrainConfig"]
+
+
+class ConfigError(ValueError):
+    """A user-facing problem with the configuration, data or run folder (one clear line)."""
+
+
+# settings that may change when a run is resumed: they do not change what is computed
+RUNTIME_FIELDS = frozenset({"device", "workers", "checkpoint_every", "progress", "amp"})
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a training run (the paper's Table 3 recipe, scaled to small data).
+
+    ``None`` fields are filled from the data when the run starts (``num_classes``, ``in_chans``,
+    ``image_size``, ``mean``, ``std``, ``classes``), so the saved ``config.json`` is complete.
+    """
+
+    # model
+    model: str = "vig_mini"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    drop_path: float = 0.1  # stochastic depth (Table 3: 0.1 for Ti/S/M)
+    drop: float = 0.0
+    # data
+    data: str = "fashion_mnist_subset"
+    image_size: int | None = None
+    in_chans: int | None = None
+    num_classes: int | None = None
+    classes: list[str] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    # optimisation (Table 3: AdamW, lr 2e-3 at batch 1024, cosine, 20/300 warm-up epochs, wd 0.05)
+    epochs: int = 10
+    batch_size: int = 128  # global batch, split evenly across processes
+    lr: float = 2e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    clip_grad: float | None = 5.0
+    # regularisation (Table 3: label smoothing 0.1, mixup 0.8, cutmix 1.0, random erasing 0.25)
+    label_smoothing: float = 0.1
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    mixup_prob: float = 1.0
+    reprob: float = 0.25
+    crop_padding: int = 2
+    hflip: float = 0.5
+    ema: bool = True
+    ema_decay: float = 0.9998
+    # runtime
+    seed: int = 0
+    amp: str = "auto"  # 'auto', 'none', 'bf16', 'fp16'
+    device: str = "auto"
+    workers: int = 0
+    checkpoint_every: int = 100  # steps between train_state.pt writes (also at every epoch end)
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON view."""
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """JSON text, keys in declaration order."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a dict, rejecting unknown keys with a :class:`ConfigError`."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"{source}: unknown setting(s) {unknown}")
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        """Read a ``config.json``."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"no config.json in run folder {path.parent}")
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"unreadable run config {path}: {e}") from None
+        return cls.from_dict(d, str(path))
+
+    def differences(self, other: TrainConfig, ignore: frozenset[str] = RUNTIME_FIELDS) -> dict:
+        """``{name: (self_value, other_value)}`` for the settings that differ."""
+        a, b = self.to_dict(), other.to_dict()
+        return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}
+
+
+# what `pyg-vig train --demo` (and `make demo`) runs: ~10 minutes on 2 CPU cores
+DEMO_CONFIG: dict[str, Any] = dict(
+    model="vig_mini",
+    data="fashion_mnist_subset",
+    epochs=10,
+    batch_size=128,
+    lr=2e-3,
+    warmup_epochs=1.0,
+    mixup=0.0,
+    cutmix=0.0,
+    reprob=0.1,
+    hflip=0.5,
+    crop_padding=2,
+    drop_path=0.05,
+    ema=True,
+    ema_decay=0.998,
+)

@@ -1,0 +1,635 @@
+"""The training loop: the paper's recipe, crash-safe checkpoints, data-parallel.
+
+A run folder holds::
+
+    config.json            the complete configuration (data-derived fields filled in)
+    train_state.pt         everything --resume needs; rewritten atomically every N steps
+    model.safetensors      inference weights (EMA when enabled) + metadata to rebuild the model
+    metrics.csv / .json    one row per epoch; the JSON also holds the final summary
+    confusion_matrix.png   on the test split, final weights
+    training_curves.png    loss and accuracy per epoch
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, Dataset
+
+from pyg_vig.datasets import Mixup, build_transform, load_dataset
+from pyg_vig.train.config import RUNTIME_FIELDS, ConfigError, TrainConfig
+from pyg_vig.train.distributed import DistInfo, ResumableSampler, init_distributed
+from pyg_vig.train.plots import confusion_matrix, plot_confusion_matrix, plot_training_curves
+from pyg_vig.utils.checkpoint import atomic_save, load_state_dict_file, save_safetensors
+
+__all__ = [
+    "Trainer",
+    "build_model",
+    "evaluate",
+    "load_trained_model",
+    "model_metadata",
+    "resolve_amp",
+]
+
+STATE_FILE = "train_state.pt"
+WEIGHTS_FILE = "model.safetensors"
+METRIC_KEYS = (
+    "epoch",
+    "step",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "test_acc_ema",
+    "epoch_time_s",
+    "img_per_s",
+)
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    """Create ``cfg.model`` from the registry with the data-derived sizes and regularisation."""
+    import pyg_vig
+
+    names = pyg_vig.list_models()
+    if cfg.model not in names:
+        raise ConfigError(f"unknown model '{cfg.model}' (available: {', '.join(names)})")
+    return pyg_vig.create_model(
+        cfg.model,
+        num_classes=cfg.num_classes,
+        in_chans=cfg.in_chans,
+        drop_path_rate=cfg.drop_path,
+        drop_rate=cfg.drop,
+        **cfg.model_args,
+    )
+
+
+def model_metadata(cfg: TrainConfig, **extra: Any) -> dict[str, str]:
+    """The string metadata stored in ``model.safetensors``: enough to rebuild and use the model."""
+    meta = {
+        "format": "pyg_vig",
+        "model": cfg.model,
+        "num_classes": str(cfg.num_classes),
+        "in_chans": str(cfg.in_chans),
+        "image_size": str(cfg.image_size),
+        "model_args": json.dumps(cfg.model_args),
+        "classes": json.dumps(cfg.classes),
+        "mean": json.dumps(cfg.mean),
+        "std": json.dumps(cfg.std),
+        "config": cfg.to_json(),
+    }
+    meta.update({k: str(v) for k, v in extra.items()})
+    return meta
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``amp`` on ``device`` (``None``: full fp32).
+
+    ``'auto'`` is bf16 on CUDA GPUs that support it (else fp16 with a gradient scaler) and fp32
+    on CPU, where bf16 autocast is available with ``'bf16'`` but only pays off on CPUs with
+    native bf16 units.
+    """
+    if amp not in ("auto", "none", "bf16", "fp16"):
+        raise ConfigError(f"amp must be one of auto/none/bf16/fp16, got {amp!r}")
+    if amp == "none" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError("amp 'fp16' needs a CUDA device; use 'bf16' on CPU")
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def _load_weights(model: nn.Module, state_dict: dict[str, Tensor], source: str) -> None:
+    """``load_state_dict`` with one clear error line when architectures differ."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatch(es), e.g. {mismatched[0]}")
+        if missing:
+            parts.append(f"{len(missing)} missing key(s), e.g. {missing[0]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
+        raise ConfigError(
+            f"checkpoint {source} does not fit this model (another architecture or class "
+            f"count?): {'; '.join(parts)}"
+        )
+    model.load_state_dict(state_dict)
+
+
+def load_trained_model(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    model_fn: Callable[[TrainConfig], nn.Module] | None = None,
+) -> tuple[nn.Module, TrainConfig]:
+    """Rebuild a trained model from a run folder or its ``model.safetensors``, in eval mode.
+
+    Returns:
+        (nn.Module, TrainConfig): the model and the configuration it was trained with.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / WEIGHTS_FILE
+    state_dict, meta = load_state_dict_file(path)
+    if meta.get("format") != "pyg_vig" or "config" not in meta:
+        raise ConfigError(
+            f"{path} has no pyg_vig training metadata; load it with "
+            "pyg_vig.create_model(name, checkpoint=...) instead"
+        )
+    cfg = TrainConfig.from_dict(json.loads(meta["config"]), str(path))
+    model = (model_fn or build_model)(cfg)
+    _load_weights(model, state_dict, str(path))
+    return model.to(device).eval(), cfg
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[float, float, Tensor, Tensor]:
+    """Loss, accuracy, predictions and targets of ``model`` over ``loader``."""
+    was_training = model.training
+    model.eval()
+    total_loss, preds, targets = 0.0, [], []
+    autocast = (
+        torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    )
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast:
+            logits = model(x)
+        total_loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        preds.append(logits.argmax(1).cpu())
+        targets.append(y.cpu())
+    model.train(was_training)
+    pred, target = torch.cat(preds), torch.cat(targets)
+    n = max(len(target), 1)
+    return total_loss / n, (pred == target).float().mean().item(), pred, target
+
+
+def _rng_state() -> dict[str, Any]:
+    # numpy's key array becomes a tensor so the file loads with torch.load(weights_only=True)
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _data_stats(dataset: Dataset) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std of an in-memory ``uint8`` image dataset (on up to 10k images)."""
+    images = getattr(dataset, "images", None)
+    if images is None:
+        return [0.5] * dataset.in_chans, [0.5] * dataset.in_chans
+    x = images[:10000].float().div(255)
+    x = x.unsqueeze(1) if x.ndim == 3 else x  # (N, H, W) -> (N, 1, H, W)
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp(min=1e-3)
+    return [round(v, 4) for v in mean.tolist()], [round(v, 4) for v in std.tolist()]
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norm weights, and whatever ``no_weight_decay()`` names."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name.endswith(".bias") or name in skip:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+class Trainer:
+    """Trains a model into a run folder; :meth:`fit` runs to the end and returns the summary.
+
+    Args:
+        config (TrainConfig): the configuration. Data-derived fields are filled in.
+        run_dir (str or Path): the run folder. A new run needs it empty or absent.
+        resume (bool): continue the run saved in ``run_dir`` (default: :obj:`False`).
+        model_fn (callable, optional): ``model_fn(config) -> nn.Module`` instead of the
+            registry (tests use small stand-ins).
+        log (callable): where progress lines go (default: :func:`print`, rank 0 only).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_dir: str | Path,
+        resume: bool = False,
+        model_fn: Callable[[TrainConfig], nn.Module] | None = None,
+        log: Callable[[str], None] = print,
+    ):
+        self.cfg, self.run_dir, self.resume = config, Path(run_dir), resume
+        self.model_fn = model_fn or build_model
+        self.dist: DistInfo = init_distributed(config.device)
+        self._log = log
+        self._check_run_dir()
+
+    def log(self, msg: str) -> None:
+        """Print on rank 0 only."""
+        if self.dist.is_main:
+            self._log(msg)
+
+    # ------------------------------------------------------------------ set-up
+    def _check_run_dir(self) -> None:
+        d = self.run_dir
+        if self.resume:
+            if not (d / STATE_FILE).is_file():
+                raise ConfigError(f"cannot resume: no {STATE_FILE} in {d}")
+            saved = TrainConfig.load(d / "config.json")
+            diff = saved.differences(self.cfg)
+            # data-derived fields left empty in the new config are taken from the saved one
+            diff = {k: v for k, v in diff.items() if v[1] is not None}
+            if diff:
+                what = ", ".join(f"{k}: saved {a!r} vs given {b!r}" for k, (a, b) in diff.items())
+                raise ConfigError(f"resume folder {d} does not match the configuration ({what})")
+            runtime = {k: v for k, v in self.cfg.to_dict().items() if k in RUNTIME_FIELDS}
+            self.cfg = TrainConfig.from_dict({**saved.to_dict(), **runtime})
+        elif d.exists() and (not d.is_dir() or any(d.iterdir())):
+            raise ConfigError(
+                f"run folder {d} already exists and is not empty; pass --resume {d} to continue "
+                "it, or choose another --output"
+            )
+
+    def _build_data(self) -> None:
+        cfg = self.cfg
+        train = load_dataset(
+            cfg.data, "train", image_size=cfg.image_size, in_chans=cfg.in_chans or 3
+        )
+        if cfg.in_chans is None:
+            cfg.in_chans = train.in_chans
+        if cfg.image_size is None:
+            cfg.image_size = int(train[0][0].shape[-1])
+        if cfg.classes is None:
+            cfg.classes = list(train.classes)
+        if cfg.num_classes is None:
+            cfg.num_classes = len(cfg.classes)
+        if cfg.mean is None or cfg.std is None:
+            cfg.mean, cfg.std = _data_stats(train)
+        train.transform = build_transform(
+            True, cfg.image_size, cfg.mean, cfg.std, cfg.crop_padding, cfg.hflip, cfg.reprob
+        )
+        test = load_dataset(
+            cfg.data,
+            "test",
+            transform=build_transform(False, cfg.image_size, cfg.mean, cfg.std),
+            image_size=cfg.image_size,
+            in_chans=cfg.in_chans,
+            classes=cfg.classes,
+        )
+        ws = self.dist.world_size
+        if cfg.batch_size % ws:
+            raise ConfigError(f"batch size {cfg.batch_size} is not divisible by {ws} processes")
+        self.sampler = ResumableSampler(
+            len(train), cfg.batch_size, self.dist.rank, ws, shuffle=True, seed=cfg.seed
+        )
+        pin = self.dist.device.type == "cuda"
+        self.train_loader = DataLoader(
+            train,
+            batch_size=cfg.batch_size // ws,
+            sampler=self.sampler,
+            num_workers=cfg.workers,
+            pin_memory=pin,
+            drop_last=True,
+            persistent_workers=cfg.workers > 0,
+        )
+        self.test_loader = DataLoader(
+            test, batch_size=256, shuffle=False, num_workers=cfg.workers, pin_memory=pin
+        )
+        self.train_set, self.test_set = train, test
+
+    def _build_model(self) -> None:
+        cfg, dev = self.cfg, self.dist.device
+        model = self.model_fn(cfg).to(dev)
+        self.model = model
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=dev.type == "cuda"
+        )
+        steps = self.sampler.steps_per_epoch
+        total = cfg.epochs * steps
+        warmup = min(int(round(cfg.warmup_epochs * steps)), max(total - 1, 0))
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=max(total - warmup, 1), eta_min=cfg.min_lr
+        )
+        if warmup > 0:
+            linear = torch.optim.lr_scheduler.LinearLR(
+                self.optimizer, start_factor=1e-3, end_factor=1.0, total_iters=warmup
+            )
+            self.scheduler = torch.optim.lr_scheduler.SequentialLR(
+                self.optimizer, [linear, cosine], milestones=[warmup]
+            )
+        else:
+            self.scheduler = cosine
+        self.ema = None
+        if cfg.ema:
+            # EMA of parameters and buffers (BatchNorm statistics), as timm's ModelEmaV2
+            self.ema = AveragedModel(
+                model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+            )
+        self.amp_dtype = resolve_amp(cfg.amp, dev)
+        self.scaler = torch.amp.GradScaler(dev.type, enabled=self.amp_dtype == torch.float16)
+        self.ddp_model: nn.Module = model
+        if self.dist.distributed:
+            if dev.type == "cuda":
+                # CPU BatchNorm cannot synchronise; on GPUs statistics span the global batch
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                self.model = model
+            self.ddp_model = DistributedDataParallel(
+                model, device_ids=[dev.index] if dev.type == "cuda" else None
+            )
+        self.mixup = Mixup(
+            cfg.num_classes,
+            mixup_alpha=cfg.mixup,
+            cutmix_alpha=cfg.cutmix,
+            prob=cfg.mixup_prob,
+            label_smoothing=cfg.label_smoothing,
+        )
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    # ------------------------------------------------------------------ state
+    def _state(self, epoch: int, step_in_epoch: int) -> dict[str, Any]:
+        rng = _rng_state()
+        if self.dist.distributed:
+            all_rng: list[Any] = [None] * self.dist.world_size
+            dist.all_gather_object(all_rng, rng)
+        else:
+            all_rng = [rng]
+        return {
+            "config": self.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "global_step": self.global_step,
+            "world_size": self.dist.world_size,
+            "rng": all_rng,
+            "history": json.dumps(self.history),
+        }
+
+    def save_state(self, epoch: int, step_in_epoch: int) -> None:
+        """Write ``train_state.pt`` atomically (all ranks take part, rank 0 writes)."""
+        state = self._state(epoch, step_in_epoch)
+        if self.dist.is_main:
+            atomic_save(state, self.run_dir / STATE_FILE)
+
+    def _load_state(self) -> tuple[int, int]:
+        path = self.run_dir / STATE_FILE
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ConfigError(f"cannot resume: {path} is unreadable ({type(e).__name__})") from None
+        saved = TrainConfig.from_dict(state["config"], str(path))
+        if saved.differences(self.cfg):
+            raise ConfigError(f"cannot resume: {path} does not match {self.run_dir}/config.json")
+        _load_weights(self.model, state["model"], str(path))
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.global_step = state["global_step"]
+        self.history = json.loads(state["history"])
+        if state["world_size"] == self.dist.world_size:
+            _set_rng_state(state["rng"][self.dist.rank])
+        else:  # another process count: fresh but reproducible streams
+            _seed_all(self.cfg.seed + 1000 * self.global_step + self.dist.rank)
+        return state["epoch"], state["step_in_epoch"]
+
+    # ------------------------------------------------------------------ outputs
+    def _final_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def _write_metrics(self, summary: dict | None = None) -> None:
+        if not self.dist.is_main:
+            return
+        buf = [",".join(METRIC_KEYS)]
+        for row in self.history:
+            buf.append(",".join("" if row.get(k) is None else f"{row[k]}" for k in METRIC_KEYS))
+        atomic_save(("\n".join(buf) + "\n").encode(), self.run_dir / "metrics.csv")
+        payload = {"epochs": self.history, "summary": summary}
+        atomic_save(json.dumps(payload, indent=2).encode(), self.run_dir / "metrics.json")
+
+    def _write_weights(self, **extra: Any) -> None:
+        if self.dist.is_main:
+            meta = model_metadata(self.cfg, ema=self.ema is not None, **extra)
+            save_safetensors(self.run_dir / WEIGHTS_FILE, self._final_model().state_dict(), meta)
+
+    # ------------------------------------------------------------------ loop
+    def _train_step(self, x: Tensor, y: Tensor) -> tuple[float, int]:
+        cfg = self.cfg
+        if self.mixup.enabled:
+            x, target = self.mixup(x, y)
+        else:
+            target = y
+        autocast = (
+            torch.autocast(x.device.type, dtype=self.amp_dtype)
+            if self.amp_dtype is not None
+            else nullcontext()
+        )
+        with autocast:
+            logits = self.ddp_model(x)
+            loss = self.criterion(logits.float(), target)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if cfg.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        self.global_step += 1
+        correct = int((logits.argmax(1) == y).sum())
+        return loss.item(), correct
+
+    def _reduce(self, *values: float) -> list[float]:
+        if not self.dist.distributed:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.dist.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def fit(self) -> dict[str, Any]:
+        """Train (or continue training) to ``cfg.epochs``; returns the final summary."""
+        cfg, dev = self.cfg, self.dist.device
+        t_start = time.perf_counter()
+        _seed_all(cfg.seed + self.dist.rank)
+        self._build_data()
+        self._build_model()
+        self.global_step, self.history = 0, []
+        start_epoch, start_step = 0, 0
+        if self.resume:
+            start_epoch, start_step = self._load_state()
+            self.log(f"resuming {self.run_dir} at epoch {start_epoch}, step {self.global_step}")
+        elif self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_save(cfg.to_json().encode(), self.run_dir / "config.json")
+        n_params = sum(p.numel() for p in self.model.parameters())
+        self.log(
+            f"model {cfg.model}: {n_params / 1e6:.2f}M params | data {cfg.data}: "
+            f"{len(self.train_set)} train / {len(self.test_set)} test, {cfg.num_classes} classes "
+            f"| {self.dist.world_size} process(es) on {dev} | run folder {self.run_dir}"
+        )
+        steps = self.sampler.steps_per_epoch
+        for epoch in range(start_epoch, cfg.epochs):
+            self.sampler.set_epoch(epoch, start_step)
+            self.ddp_model.train()
+            loss_sum = correct = seen = 0.0
+            t0 = time.perf_counter()
+            bar = None
+            if self.dist.is_main and cfg.progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(
+                    total=steps,
+                    initial=start_step,
+                    desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                    unit="step",
+                    dynamic_ncols=True,
+                    leave=False,
+                )
+            for i, (x, y) in enumerate(self.train_loader, start=start_step):
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                loss, n_correct = self._train_step(x, y)
+                if not math.isfinite(loss):
+                    raise RuntimeError(f"loss is {loss} at step {self.global_step}; stopping")
+                loss_sum += loss * len(y)
+                correct += n_correct
+                seen += len(y)
+                if bar is not None:
+                    rate = seen * self.dist.world_size / max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix(
+                        loss=f"{loss:.3f}",
+                        lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
+                        img_s=f"{rate:.0f}",
+                    )
+                    bar.update(1)
+                if cfg.checkpoint_every > 0 and self.global_step % cfg.checkpoint_every == 0:
+                    if i + 1 < steps:  # the epoch-end checkpoint follows otherwise
+                        self.save_state(epoch, i + 1)
+            if bar is not None:
+                bar.close()
+            loss_sum, correct, seen = self._reduce(loss_sum, correct, seen)
+            epoch_time = time.perf_counter() - t0
+            row = {
+                "epoch": epoch + 1,
+                "step": self.global_step,
+                "lr": self.scheduler.get_last_lr()[0],
+                "train_loss": loss_sum / max(seen, 1),
+                "train_acc": correct / max(seen, 1),
+                "epoch_time_s": round(epoch_time, 2),
+                "img_per_s": round(seen / max(epoch_time, 1e-9), 1),
+            }
+            if self.dist.is_main:
+                row["test_loss"], row["test_acc"], _, _ = evaluate(
+                    self.model, self.test_loader, dev, self.amp_dtype
+                )
+                row["test_acc_ema"] = (
+                    evaluate(self.ema.module, self.test_loader, dev, self.amp_dtype)[1]
+                    if self.ema is not None
+                    else None
+                )
+            self.history.append(row)
+            start_step = 0
+            self.save_state(epoch + 1, 0)
+            self._write_weights(epoch=epoch + 1)
+            self._write_metrics()
+            ema_txt = (
+                f" | test_acc_ema {row['test_acc_ema']:.4f}"
+                if cfg.ema and "test_acc" in row
+                else ""
+            )
+            if self.dist.is_main:
+                self.log(
+                    f"epoch {epoch + 1}/{cfg.epochs} | loss {row['train_loss']:.4f} | "
+                    f"test_acc {row['test_acc']:.4f}{ema_txt} | "
+                    f"{row['img_per_s']:.0f} img/s | {epoch_time:.0f}s"
+                )
+        return self._finish(time.perf_counter() - t_start)
+
+    def _finish(self, wall_time: float) -> dict[str, Any]:
+        summary: dict[str, Any] = {}
+        if self.dist.is_main:
+            final = self._final_model()
+            loss, acc, pred, target = evaluate(
+                final, self.test_loader, self.dist.device, self.amp_dtype
+            )
+            cm = confusion_matrix(pred, target, self.cfg.num_classes)
+            summary = {
+                "test_accuracy": acc,
+                "test_loss": loss,
+                "weights": "ema" if self.ema is not None else "final",
+                "epochs": self.cfg.epochs,
+                "global_step": self.global_step,
+                "params": sum(p.numel() for p in final.parameters()),
+                "world_size": self.dist.world_size,
+                "wall_time_s": round(wall_time, 1),
+                "confusion_matrix": cm.tolist(),
+            }
+            self._write_weights(epoch=self.cfg.epochs, test_accuracy=f"{acc:.4f}")
+            self._write_metrics(summary)
+            plot_confusion_matrix(
+                cm,
+                self.cfg.classes,
+                self.run_dir / "confusion_matrix.png",
+                title=f"{self.cfg.model} on {self.cfg.data} (test): accuracy {acc:.4f}",
+            )
+            if self.history:
+                plot_training_curves(self.history, self.run_dir / "training_curves.png")
+        if self.dist.distributed:
+            dist.barrier()
+        return summary
