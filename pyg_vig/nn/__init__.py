@@ -4,7 +4,8 @@ from pyg_vig.nn.conv import CONVS, EdgeConv, GINConv, MRConv, SAGEConv
 from pyg_vig.nn.drop import DropPath
 from pyg_vig.nn.graph import LowRankBias, available_backends, knn_graph
 from pyg_vig.nn.grapher import FFN, Grapher, ViGBlock, grid_knn_graph
-from pyg_vig.nn.linear import MultiHeadLinear, MultiHeadUpdate
+from pyg_vig.nn.linear import MultiHeadLinear, MultiHeadUpdate, NodeLinear
+from pyg_vig.nn.numerics import official_numerics
 
 __all__ = [
     "knn_graph",
@@ -18,6 +19,8 @@ __all__ = [
     "CONVS",
     "MultiHeadLinear",
     "MultiHeadUpdate",
+    "NodeLinear",
+    "official_numerics",
     "DropPath",
     "Grapher",
     "FFN",

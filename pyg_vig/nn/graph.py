@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pyg_vig.nn import numerics
+
 __all__ = [
     "BACKENDS",
     "LowRankBias",
@@ -229,7 +231,10 @@ def knn_index(
     """
     backend = resolve_backend(backend, bias)
     with torch.no_grad():
-        if normalize:
+        if normalize and numerics.is_official():
+            xq = numerics.normalize_nodes(xq)
+            xk = xq if xk is None else numerics.normalize_nodes(xk)
+        elif normalize:
             xq = F.normalize(xq, p=2.0, dim=-1)
             xk = xq if xk is None else F.normalize(xk, p=2.0, dim=-1)
         elif xk is None:

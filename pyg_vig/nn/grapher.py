@@ -18,7 +18,8 @@ from pyg_vig.nn.graph import (
     knn_index,
     resolve_backend,
 )
-from pyg_vig.nn.linear import get_act
+from pyg_vig.nn import numerics
+from pyg_vig.nn.linear import NodeLinear, get_act
 
 __all__ = ["Grapher", "FFN", "ViGBlock", "grid_knn_graph", "RELATIVE_POS_MODES"]
 
@@ -28,7 +29,7 @@ _OUR_CONVS = (MRConv, EdgeConv, GINConv, SAGEConv)
 
 def _linear_bn(in_channels: int, out_channels: int, dd: dict) -> nn.Sequential:
     # Index 0 / 1 mirror the official Conv2d(1x1) / BatchNorm2d pair.
-    return nn.Sequential(nn.Linear(in_channels, out_channels, **dd),
+    return nn.Sequential(NodeLinear(in_channels, out_channels, **dd),
                          nn.BatchNorm1d(out_channels, **dd))
 
 
@@ -87,6 +88,21 @@ def grid_knn_graph(
         src[rows_x] = (idx + start).view(-1, k)
     dst = torch.arange(x.size(0), device=x.device).repeat_interleave(k)
     return torch.stack([src.view(-1), dst], dim=0)
+
+
+def _uniform_graph_count(x: Tensor, batch: Tensor | None, layout: GridLayout | None
+                         ) -> tuple[int, tuple[int, int] | None]:
+    if layout is not None:
+        if not layout.uniform:
+            raise ValueError("official_numerics() needs images of one size; run mixed sizes "
+                             "separately or without official numerics")
+        return layout.num_graphs, layout.sizes[0]
+    if batch is None:
+        return 1, None
+    counts = torch.bincount(batch)
+    if bool((counts != counts[0]).any()):
+        raise ValueError("official_numerics() needs graphs of equal size")
+    return counts.numel(), None
 
 
 class Grapher(nn.Module):
@@ -204,6 +220,9 @@ class Grapher(nn.Module):
     def forward(self, x: Tensor, batch: Tensor | None = None, layout: GridLayout | None = None,
                 return_edge_index: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Args: ``x`` ``[N, C]``; ``batch`` ``[N]`` or ``layout`` (grid sizes) for images."""
+        if numerics.is_official() and numerics.current_graphs() is None:
+            with numerics.graph_scope(*_uniform_graph_count(x, batch, layout)):
+                return self.forward(x, batch, layout, return_edge_index)
         shortcut = x
         x = self.fc1(x)
         edge_index, y = self.build_graph(x, batch, layout)
@@ -247,6 +266,9 @@ class FFN(nn.Module):
 
     def forward(self, x: Tensor, batch: Tensor | None = None, layout: GridLayout | None = None
                 ) -> Tensor:
+        if numerics.is_official() and numerics.current_graphs() is None:
+            with numerics.graph_scope(*_uniform_graph_count(x, batch, layout)):
+                return self.forward(x, batch, layout)
         shortcut = x
         x = self.fc2(self.act(self.fc1(x)))
         if batch is None and layout is not None and self.drop_path.p > 0 and self.training:

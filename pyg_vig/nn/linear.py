@@ -10,7 +10,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["MultiHeadLinear", "MultiHeadUpdate", "get_act", "ACTIVATIONS"]
+from pyg_vig.nn import numerics
+
+__all__ = ["NodeLinear", "MultiHeadLinear", "MultiHeadUpdate", "get_act", "ACTIVATIONS"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "gelu": nn.GELU,
@@ -31,6 +33,15 @@ def get_act(act: str | Callable[[], nn.Module] | None) -> nn.Module:
             raise ValueError(f"unknown activation {act!r}; choose one of {sorted(ACTIVATIONS)}")
         return ACTIVATIONS[act.lower()]()
     return act()
+
+
+class NodeLinear(nn.Linear):
+    """:class:`torch.nn.Linear` on node features that honours :func:`official_numerics`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if numerics.is_official() and numerics.current_graphs() is not None:
+            return numerics.conv1x1_nodes(x, self.weight, self.bias, on_grid=True)
+        return super().forward(x)
 
 
 class MultiHeadLinear(nn.Module):
@@ -68,6 +79,8 @@ class MultiHeadLinear(nn.Module):
             nn.init.zeros_(self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        if numerics.is_official() and numerics.current_graphs() is not None:
+            return numerics.conv1x1_nodes(x, self.weight, self.bias, groups=self.heads)
         if self.heads == 1:
             return F.linear(x, self.weight, self.bias)
         *lead, C = x.shape
@@ -105,7 +118,11 @@ class MultiHeadUpdate(nn.Sequential):
         self.in_channels, self.out_channels = in_channels, out_channels
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() > 2:  # per-edge inputs (E, k, C): BatchNorm1d wants (M, C)
+        if x.dim() > 2:  # per-edge inputs (N, k, C): BatchNorm1d wants (M, C)
+            if numerics.is_official() and numerics.current_graphs() is not None:
+                h = self[0](x)  # the official conv runs on (B, C, N, k)
+                rest = nn.Sequential(*list(self)[1:])
+                return rest(h.reshape(-1, h.size(-1))).view(*h.shape[:-1], -1)
             return super().forward(x.reshape(-1, x.size(-1))).view(*x.shape[:-1], -1)
         return super().forward(x)
 

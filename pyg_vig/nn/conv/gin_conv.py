@@ -9,6 +9,7 @@ from torch import Tensor
 from torch_geometric.nn import MessagePassing
 from torch_geometric.typing import Adj, PairTensor
 
+from pyg_vig.nn import numerics
 from pyg_vig.nn.conv._utils import as_pair, gather_neighbors, regular_degree, update_repr
 from pyg_vig.nn.linear import MultiHeadUpdate
 
@@ -66,7 +67,14 @@ class GINConv(MessagePassing):
         x_src, x_dst = x
         deg = regular_degree(edge_index, x_dst.size(0), k)
         if deg is not None:
-            agg = gather_neighbors(x_src, edge_index, x_dst.size(0), deg).sum(dim=1)
+            x_j = gather_neighbors(x_src, edge_index, x_dst.size(0), deg)  # (N, k, C)
+            B = numerics.current_graphs() if numerics.is_official() else None
+            if B is not None:  # the official code sums over k on a (B, C, N, k) tensor
+                n = x_j.size(0) // B
+                x_j = x_j.view(B, n, deg, -1).permute(0, 3, 1, 2).contiguous()
+                agg = x_j.sum(-1).permute(0, 2, 1).reshape(B * n, -1)
+            else:
+                agg = x_j.sum(dim=1)
         else:
             # propagate_type: (x: PairTensor)
             agg = self.propagate(edge_index, x=x)

@@ -9,6 +9,7 @@ from torch import Tensor
 from torch_geometric.nn import MessagePassing
 from torch_geometric.typing import Adj, PairTensor
 
+from pyg_vig.nn import numerics
 from pyg_vig.nn.conv._utils import as_pair, gather_neighbors, regular_degree, update_repr
 from pyg_vig.nn.linear import MultiHeadUpdate
 
@@ -62,7 +63,7 @@ class SAGEConv(MessagePassing):
         if deg is None:
             # propagate_type: (x: PairTensor)
             m = self.propagate(edge_index, x=x)
-        elif self.training:
+        elif self.training or numerics.is_official():
             # Per edge, so that BatchNorm statistics are taken over edges as in the official code.
             m = self.nn1(gather_neighbors(x_src, edge_index, N, deg)).amax(dim=1)
         else:
