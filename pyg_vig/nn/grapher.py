@@ -19,7 +19,7 @@ from pyg_vig.nn.graph import (
     resolve_backend,
 )
 from pyg_vig.nn import numerics
-from pyg_vig.nn.linear import NodeLinear, get_act
+from pyg_vig.nn.linear import LinearBN, get_act
 
 __all__ = ["Grapher", "FFN", "ViGBlock", "grid_knn_graph", "RELATIVE_POS_MODES"]
 
@@ -29,8 +29,7 @@ _OUR_CONVS = (MRConv, EdgeConv, GINConv, SAGEConv)
 
 def _linear_bn(in_channels: int, out_channels: int, dd: dict) -> nn.Sequential:
     # Index 0 / 1 mirror the official Conv2d(1x1) / BatchNorm2d pair.
-    return nn.Sequential(NodeLinear(in_channels, out_channels, **dd),
-                         nn.BatchNorm1d(out_channels, **dd))
+    return LinearBN(in_channels, out_channels, **dd)
 
 
 def grid_knn_graph(

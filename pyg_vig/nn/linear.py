@@ -12,7 +12,8 @@ from torch import Tensor
 
 from pyg_vig.nn import numerics
 
-__all__ = ["NodeLinear", "MultiHeadLinear", "MultiHeadUpdate", "get_act", "ACTIVATIONS"]
+__all__ = ["NodeLinear", "LinearBN", "MultiHeadLinear", "MultiHeadUpdate", "get_act",
+           "ACTIVATIONS", "folded_linear_params"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "gelu": nn.GELU,
@@ -41,6 +42,57 @@ class NodeLinear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         if numerics.is_official() and numerics.current_graphs() is not None:
             return numerics.conv1x1_nodes(x, self.weight, self.bias, on_grid=True)
+        return super().forward(x)
+
+
+def grouped_linear(x: Tensor, weight: Tensor, bias: Tensor | None, heads: int) -> Tensor:
+    """``x [..., C]`` times a grouped weight ``[O, C / heads]`` (head h: its own channel slice)."""
+    if heads == 1:
+        return F.linear(x, weight, bias)
+    *lead, C = x.shape
+    G, O = heads, weight.size(0)
+    # (..., C) -> (G, M, C/G) @ (G, C/G, O/G) -> (M, G, O/G) -> (..., O)
+    xg = x.reshape(-1, G, C // G).transpose(0, 1)
+    w = weight.view(G, O // G, C // G).transpose(1, 2)
+    if bias is not None:
+        out = torch.baddbmm(bias.view(G, 1, O // G), xg, w)
+    else:
+        out = torch.bmm(xg, w)
+    return out.transpose(0, 1).reshape(*lead, O)
+
+
+def folded_linear_params(weight: Tensor, bias: Tensor | None, bn: nn.Module
+                         ) -> tuple[Tensor, Tensor]:
+    """Weight and bias of ``bn(linear(x))`` as one linear map (``bn`` in eval mode)."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    shift = bn.bias - bn.running_mean * scale
+    w = weight * scale.view(-1, *([1] * (weight.dim() - 1)))
+    b = shift if bias is None else bias * scale + shift
+    return w, b
+
+
+def _can_fold(seq: nn.Sequential) -> bool:
+    bn = seq[1] if len(seq) > 1 else None
+    return (not seq.training and isinstance(bn, nn.BatchNorm1d) and bn.track_running_stats
+            and bn.running_var is not None and not numerics.is_official())
+
+
+class LinearBN(nn.Sequential):
+    """:class:`NodeLinear` followed by ``BatchNorm1d`` (children ``0`` and ``1``).
+
+    In eval mode the normalisation is folded into the linear map on the fly, so inference does
+    one GEMM and no separate normalisation pass (same result up to float rounding).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, device=None, dtype=None):
+        dd = {"device": device, "dtype": dtype}
+        super().__init__(NodeLinear(in_channels, out_channels, **dd),
+                         nn.BatchNorm1d(out_channels, **dd))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if _can_fold(self):
+            w, b = folded_linear_params(self[0].weight, self[0].bias, self[1])
+            return F.linear(x, w, b)
         return super().forward(x)
 
 
@@ -81,18 +133,7 @@ class MultiHeadLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if numerics.is_official() and numerics.current_graphs() is not None:
             return numerics.conv1x1_nodes(x, self.weight, self.bias, groups=self.heads)
-        if self.heads == 1:
-            return F.linear(x, self.weight, self.bias)
-        *lead, C = x.shape
-        G, O = self.heads, self.out_channels
-        # (..., C) -> (G, M, C/G) @ (G, C/G, O/G) -> (M, G, O/G) -> (..., O)
-        xg = x.reshape(-1, G, C // G).transpose(0, 1)
-        w = self.weight.view(G, O // G, C // G).transpose(1, 2)
-        if self.bias is not None:
-            out = torch.baddbmm(self.bias.view(G, 1, O // G), xg, w)
-        else:
-            out = torch.bmm(xg, w)
-        return out.transpose(0, 1).reshape(*lead, O)
+        return grouped_linear(x, self.weight, self.bias, self.heads)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, heads={self.heads}, "
@@ -118,6 +159,10 @@ class MultiHeadUpdate(nn.Sequential):
         self.in_channels, self.out_channels = in_channels, out_channels
 
     def forward(self, x: Tensor) -> Tensor:
+        if _can_fold(self):
+            lin = self[0]
+            w, b = folded_linear_params(lin.weight, lin.bias, self[1])
+            return self[2](grouped_linear(x, w, b, lin.heads))
         if x.dim() > 2:  # per-edge inputs (N, k, C): BatchNorm1d wants (M, C)
             if numerics.is_official() and numerics.current_graphs() is not None:
                 h = self[0](x)  # the official conv runs on (B, C, N, k)
