@@ -28,6 +28,8 @@ class DropPath(nn.Module):
         if self.p == 0.0 or not self.training:
             return x
         keep = 1.0 - self.p
+        if keep <= 0.0:
+            return torch.zeros_like(x)
         if batch is None:
             mask = x.new_empty(1).bernoulli_(keep)
             return x * (mask / keep)

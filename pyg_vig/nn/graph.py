@@ -163,9 +163,11 @@ def _augment(xq: Tensor, xk: Tensor, bias: LowRankBias | None) -> tuple[Tensor, 
             "all have the same norm (as sin-cos embeddings do); use backend='dense'"
         )
     B = xq.size(0)
-    q = bias.query.to(xq.dtype).unsqueeze(0).expand(B, -1, -1)
-    k = bias.key.to(xk.dtype).unsqueeze(0).expand(B, -1, -1)
-    # |[x, q] - [y, k]|^2 = |x - y|^2 + |q|^2 + |k|^2 - 2 q.k = |x - y|^2 + R + const(row)
+    s = 0.5**0.5
+    q = (bias.query * s).to(xq.dtype).unsqueeze(0).expand(B, -1, -1)
+    k = (bias.key * s).to(xk.dtype).unsqueeze(0).expand(B, -1, -1)
+    # |[x, q/√2] - [y, k/√2]|^2 = |x - y|^2 + (|q|^2 + |k|^2) / 2 - q.k
+    #                           = |x - y|^2 + R + const(row), as |k| is the same for every key
     return torch.cat([xq, q], dim=-1), torch.cat([xk, k], dim=-1)
 
 

@@ -240,6 +240,10 @@ def count_macs(
     model.eval()
     counter = FlopCounterMode(display=False, custom_mapping=_CUSTOM_MAPPING)
     try:
+        with torch.no_grad():
+            # A first pass outside the counter fills lazy caches (e.g. the relative-position
+            # tables of pyramid ViG), which are set-up cost, not per-image compute.
+            model(*args, **kwargs)
         with torch.no_grad(), counter:
             model(*args, **kwargs)
     finally:

@@ -214,14 +214,8 @@ def test_cluster_folds_sincos_factors(r):
                        knn_graph(x, 4, batch, backend="dense", **kw))
 
 
-FOLDING_BUG = (
-    "pyg_vig/nn/graph.py::_augment concatenates the raw factors [x, q] / [y, k]; then "
-    "|[x,q]-[y,k]|^2 = |x-y|^2 + |q|^2 + |k|^2 - 2 q.k = D + 2R + const, i.e. the bias is "
-    "counted twice. The factors must be scaled by 1/sqrt(2) (q/sqrt2, k/sqrt2)."
-)
 
 
-@pytest.mark.xfail(strict=True, reason=FOLDING_BUG)
 def test_lowrank_bias_folding_is_exact():
     """The augmented-feature distance of the cluster/pyg backends must equal D + R + row const.
 

@@ -252,10 +252,6 @@ def test_drop_path_module():
     assert repr(dp) == "DropPath(p=0.25)"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pyg_vig/nn/drop.py DropPath.forward divides the Bernoulli mask by keep = 1 - p; with "
-    "p = 1.0 that is 0 / 0 = NaN instead of dropping the branch (timm only divides when "
-    "keep_prob > 0)."))
 def test_drop_path_p1_drops_everything():
     dp = DropPath(1.0).train()
     x = torch.randn(6, 4)

@@ -22,8 +22,9 @@ def regular_degree(edge_index: object, num_dst: int, k: int | None = None) -> in
     a reshape instead of a scatter. A given ``k`` is trusted (no check, no device sync, so it
     compiles cleanly); otherwise the layout is detected, outside of :func:`torch.compile` only.
     """
-    if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or num_dst == 0:
-        return None
+    if (not isinstance(edge_index, Tensor) or edge_index.layout != torch.strided
+            or edge_index.dim() != 2 or edge_index.size(0) != 2 or num_dst == 0):
+        return None  # sparse adjacency matrices take the generic propagate path
     E = edge_index.size(1)
     if k is not None:
         if E != k * num_dst:

@@ -18,13 +18,6 @@ from pyg_vig.nn import EdgeConv
 
 B, N, M, C, OUT, K = 2, 12, 6, 8, 16, 4
 
-SPARSE_ADJ_BUG = (
-    "pyg_vig/nn/conv/_utils.py::regular_degree takes any 2-D torch.Tensor for an edge_index; a "
-    "torch.sparse adjacency (to_torch_csc_tensor(...).t(), square or with num_src a multiple of "
-    "num_dst) passes that check, gets deg = size(1) // num_dst and then torch.equal(edge_index[1], "
-    "...) raises NotImplementedError on the sparse layout. It must return None unless "
-    "edge_index.layout == torch.strided (e.g. torch_geometric.utils.is_sparse)."
-)
 
 
 def make(**kwargs):
@@ -86,7 +79,6 @@ def test_edge_order_invariance(train):
         torch.testing.assert_close(conv(x, shuffle_edges(edge_index)), out, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, raises=NotImplementedError, reason=SPARSE_ADJ_BUG)
 def test_torch_sparse_adjacency():
     conv = make().eval()
     x, _, _, edge_index = random_graph(B, N, C, K)
