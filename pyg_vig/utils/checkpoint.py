@@ -18,6 +18,16 @@ __all__ = ["atomic_save", "load_state_dict_file", "save_safetensors"]
 _WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by the owner only; checkpoints get the usual 0o666 & ~umask
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -59,6 +69,7 @@ def atomic_save(obj_or_writer: Any | Callable[[BinaryIO], None], path: str | Pat
                 torch.save(obj_or_writer, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         try:
