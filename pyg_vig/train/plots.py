@@ -65,8 +65,6 @@ def plot_training_curves(history: list[dict], path: str | Path) -> None:
     ax_loss.legend()
     ax_acc.plot(epochs, [h["train_acc"] for h in history], "o-", label="train (augmented)")
     ax_acc.plot(epochs, [h["test_acc"] for h in history], "o-", label="test")
-    if any(h.get("test_acc_ema") is not None for h in history):
-        ax_acc.plot(epochs, [h.get("test_acc_ema") for h in history], "o-", label="test (EMA)")
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy")
     ax_acc.legend()

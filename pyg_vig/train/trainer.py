@@ -56,7 +56,6 @@ METRIC_KEYS = (
     "train_acc",
     "test_loss",
     "test_acc",
-    "test_acc_ema",
     "epoch_time_s",
     "img_per_s",
 )
@@ -342,6 +341,9 @@ class Trainer:
             pin_memory=pin,
             drop_last=True,
             persistent_workers=cfg.workers > 0,
+            # its own generator: starting an epoch's iterator draws a worker seed, which must
+            # not shift the global RNG stream that augmentation uses (exact mid-epoch resume)
+            generator=torch.Generator().manual_seed(cfg.seed + self.dist.rank),
         )
         self.test_loader = DataLoader(
             test, batch_size=256, shuffle=False, num_workers=cfg.workers, pin_memory=pin
@@ -510,7 +512,7 @@ class Trainer:
         _seed_all(cfg.seed + self.dist.rank)
         self._build_data()
         self._build_model()
-        self.global_step, self.history = 0, []
+        self.global_step, self.history, self._last_eval = 0, [], None
         start_epoch, start_step = 0, 0
         if self.resume:
             start_epoch, start_step = self._load_state()
@@ -574,29 +576,20 @@ class Trainer:
                 "epoch_time_s": round(epoch_time, 2),
                 "img_per_s": round(seen / max(epoch_time, 1e-9), 1),
             }
-            if self.dist.is_main:
-                row["test_loss"], row["test_acc"], _, _ = evaluate(
-                    self.model, self.test_loader, dev, self.amp_dtype
+            if self.dist.is_main:  # the weights that model.safetensors will hold (EMA if on)
+                self._last_eval = evaluate(
+                    self._final_model(), self.test_loader, dev, self.amp_dtype
                 )
-                row["test_acc_ema"] = (
-                    evaluate(self.ema.module, self.test_loader, dev, self.amp_dtype)[1]
-                    if self.ema is not None
-                    else None
-                )
+                row["test_loss"], row["test_acc"] = self._last_eval[:2]
             self.history.append(row)
             start_step = 0
             self.save_state(epoch + 1, 0)
             self._write_weights(epoch=epoch + 1)
             self._write_metrics()
-            ema_txt = (
-                f" | test_acc_ema {row['test_acc_ema']:.4f}"
-                if cfg.ema and "test_acc" in row
-                else ""
-            )
             if self.dist.is_main:
                 self.log(
                     f"epoch {epoch + 1}/{cfg.epochs} | loss {row['train_loss']:.4f} | "
-                    f"test_acc {row['test_acc']:.4f}{ema_txt} | "
+                    f"test_acc {row['test_acc']:.4f}{' (EMA)' if cfg.ema else ''} | "
                     f"{row['img_per_s']:.0f} img/s | {epoch_time:.0f}s"
                 )
         return self._finish(time.perf_counter() - t_start)
@@ -605,9 +598,11 @@ class Trainer:
         summary: dict[str, Any] = {}
         if self.dist.is_main:
             final = self._final_model()
-            loss, acc, pred, target = evaluate(
-                final, self.test_loader, self.dist.device, self.amp_dtype
-            )
+            if self._last_eval is None:  # resumed after the last epoch had finished
+                self._last_eval = evaluate(
+                    final, self.test_loader, self.dist.device, self.amp_dtype
+                )
+            loss, acc, pred, target = self._last_eval
             cm = confusion_matrix(pred, target, self.cfg.num_classes)
             summary = {
                 "test_accuracy": acc,
