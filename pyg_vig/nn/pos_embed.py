@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 _MODES = ("official", "geometric")
+_CHUNK_ELEMENTS = 1 << 24  # float64 elements of one row chunk of the Gram matrix (128 MiB)
 
 
 def _check_dim(dim: int) -> None:
@@ -157,15 +158,23 @@ def _bias_cpu(grid_h: int, grid_w: int, dim: int, r: int, mode: str) -> Tensor:
 
     # Official recipe: Gram matrix in float64, rounded to float32, then resampled as an image.
     pos = sincos_2d(grid_h, grid_w, dim)  # (N, dim)
-    sim = (2 * (pos @ pos.t()) / dim).float()  # (N, N)
-    num_nodes = sim.size(0)
-    if r > 1:
-        # (N, N) -> (1, 1, N, N) -> (1, 1, N, num_keys): the row axis keeps its size (an exact
-        # identity), the key axis is squeezed along the flattened node index.
-        sim = F.interpolate(
-            sim[None, None], size=(num_nodes, num_keys), mode="bicubic", align_corners=False
-        )[0, 0]
-    return -sim
+    num_nodes = pos.size(0)
+    out = torch.empty(num_nodes, num_keys)
+    # Rows are independent: the bicubic weights along an unchanged axis are exactly (0, 1, 0, 0),
+    # so building the table in row chunks gives the same bits while the float64 (N, N) Gram
+    # matrix never exists at once (it would be 20 GB for a 224 x 224 grid).
+    rows = max(1, _CHUNK_ELEMENTS // num_nodes)
+    for s in range(0, num_nodes, rows):
+        sim = (2 * (pos[s : s + rows] @ pos.t()) / dim).float()  # (rows, N)
+        if r > 1:
+            # (rows, N) -> (1, 1, rows, num_keys): the key axis is squeezed along the
+            # flattened node index, as the official code does.
+            sim = F.interpolate(
+                sim[None, None], size=(sim.size(0), num_keys), mode="bicubic",
+                align_corners=False,
+            )[0, 0]
+        out[s : s + rows] = sim
+    return out.neg_()
 
 
 def relative_position_factors(

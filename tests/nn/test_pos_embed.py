@@ -152,3 +152,15 @@ def test_device_argument():
     assert bias.device == torch.device("meta") and bias.shape == (49, 49)
     pq, pk = relative_position_factors(7, 7, 32, device="meta")
     assert pq.device == pk.device == torch.device("meta")
+
+
+def test_official_table_row_chunks_are_bit_identical(monkeypatch):
+    import pyg_vig.nn.pos_embed as pe
+
+    pe._bias_cpu.cache_clear()
+    whole = pe.relative_position_bias(28, 28, 16, r=2, mode="official")
+    pe._bias_cpu.cache_clear()
+    monkeypatch.setattr(pe, "_CHUNK_ELEMENTS", 784 * 37)  # 37-row chunks, last one partial
+    chunked = pe.relative_position_bias(28, 28, 16, r=2, mode="official")
+    pe._bias_cpu.cache_clear()
+    assert torch.equal(whole, chunked)

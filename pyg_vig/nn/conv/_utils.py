@@ -15,6 +15,19 @@ def as_pair(x: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     return x[0], x[1]
 
 
+_FAST_PATH = True
+
+
+def set_fast_path(enabled: bool) -> bool:
+    """Enable/disable the k-regular reshape aggregation (``False``: always PyG's scatter path).
+
+    Returns the previous setting. Used by the benchmarks to time the generic path.
+    """
+    global _FAST_PATH
+    prev, _FAST_PATH = _FAST_PATH, bool(enabled)
+    return prev
+
+
 def regular_degree(edge_index: object, num_dst: int, k: int | None = None) -> int | None:
     """``k`` when ``edge_index`` lists exactly ``k`` sources per target, sorted by target.
 
@@ -22,7 +35,7 @@ def regular_degree(edge_index: object, num_dst: int, k: int | None = None) -> in
     a reshape instead of a scatter. A given ``k`` is trusted (no check, no device sync, so it
     compiles cleanly); otherwise the layout is detected, outside of :func:`torch.compile` only.
     """
-    if (not isinstance(edge_index, Tensor) or edge_index.layout != torch.strided
+    if (not _FAST_PATH or not isinstance(edge_index, Tensor) or edge_index.layout != torch.strided
             or edge_index.dim() != 2 or edge_index.size(0) != 2 or num_dst == 0):
         return None  # sparse adjacency matrices take the generic propagate path
     E = edge_index.size(1)
