@@ -134,7 +134,7 @@ def select_ranks(
 
 
 # --------------------------------------------------------------------------- dense backend
-def _dense_topk(xq: Tensor, xk: Tensor, kd: int, bias: Tensor | None) -> Tensor:
+def _dense_topk(xq: Tensor, xk: Tensor, kd: int, bias: Tensor | LowRankBias | None) -> Tensor:
     """``(B, n, C)``, ``(B, m, C)`` → ``(B, n, kd)`` nearest key indices, nearest first."""
     B, n, _ = xq.shape
     m = xk.size(1)
@@ -146,7 +146,9 @@ def _dense_topk(xq: Tensor, xk: Tensor, kd: int, bias: Tensor | None) -> Tensor:
     for s in range(0, n, rows):
         q = xq[:, s : s + rows]
         dist = (q * q).sum(-1, keepdim=True) + (-2 * torch.bmm(q, xk.transpose(1, 2))) + xk_sq
-        if bias is not None:
+        if isinstance(bias, LowRankBias):  # built chunk by chunk: never an (n, m) table
+            dist = dist - (bias.query[s : s + rows] @ bias.key.t()).unsqueeze(0)
+        elif bias is not None:
             dist = dist + bias[s : s + rows].unsqueeze(0)
         out.append(torch.topk(-dist, kd, dim=-1).indices)
     return out[0] if len(out) == 1 else torch.cat(out, dim=1)
@@ -243,10 +245,12 @@ def knn_index(
             xk = xq
         kd = k * dilation
         if backend == "dense":
-            dense_bias = bias.dense() if isinstance(bias, LowRankBias) else bias
-            if dense_bias is not None:
-                dense_bias = dense_bias.to(device=xq.device, dtype=xq.dtype)
-            idx = _dense_topk(xq, xk, kd, dense_bias)
+            if isinstance(bias, LowRankBias):
+                bias = LowRankBias(bias.query.to(xq.device, xq.dtype),
+                                   bias.key.to(xq.device, xq.dtype))
+            elif bias is not None:
+                bias = bias.to(device=xq.device, dtype=xq.dtype)
+            idx = _dense_topk(xq, xk, kd, bias)
         else:
             if bias is not None and not isinstance(bias, LowRankBias):
                 raise ValueError(

@@ -178,7 +178,9 @@ class Grapher(nn.Module):
             from pyg_vig.nn import pos_embed
 
             h, w = size
-            if self.relative_pos == "geometric" and resolve_backend(self.backend) != "dense":
+            if self.relative_pos == "geometric":
+                # Factors, not a table: the k-NN builds the bias chunk by chunk (bounded memory)
+                # or folds it into the features (KD-tree backends).
                 q, kf = pos_embed.relative_position_factors(h, w, self.channels, self.reduction)
                 val: Tensor | LowRankBias = LowRankBias(q.to(device, dtype), kf.to(device, dtype))
             else:
