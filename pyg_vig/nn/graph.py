@@ -145,12 +145,15 @@ def _dense_topk(xq: Tensor, xk: Tensor, kd: int, bias: Tensor | LowRankBias | No
     out = []
     for s in range(0, n, rows):
         q = xq[:, s : s + rows]
-        dist = (q * q).sum(-1, keepdim=True) + (-2 * torch.bmm(q, xk.transpose(1, 2))) + xk_sq
+        # In place, so that one chunk is alive at a time; a + b == b + a exactly in IEEE
+        # arithmetic, so this equals (|x|^2 + (-2 x.y)) + |y|^2 bit for bit.
+        dist = torch.bmm(q, xk.transpose(1, 2)).mul_(-2)
+        dist.add_((q * q).sum(-1, keepdim=True)).add_(xk_sq)
         if isinstance(bias, LowRankBias):  # built chunk by chunk: never an (n, m) table
-            dist = dist - (bias.query[s : s + rows] @ bias.key.t()).unsqueeze(0)
+            dist.sub_((bias.query[s : s + rows] @ bias.key.t()).unsqueeze(0))
         elif bias is not None:
-            dist = dist + bias[s : s + rows].unsqueeze(0)
-        out.append(torch.topk(-dist, kd, dim=-1).indices)
+            dist.add_(bias[s : s + rows].unsqueeze(0))
+        out.append(torch.topk(dist.neg_(), kd, dim=-1).indices)
     return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
 
