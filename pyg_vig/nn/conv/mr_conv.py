@@ -13,6 +13,25 @@ from pyg_vig.nn.conv._utils import as_pair, gather_neighbors, regular_degree, up
 from pyg_vig.nn.linear import MultiHeadUpdate
 
 
+def _max_neighbors(x_src: Tensor, edge_index: Tensor, num_dst: int, k: int) -> Tensor:
+    """``max_j x_j`` over the ``k`` sources of every target, ``[num_dst, C]``."""
+    if not (torch.is_grad_enabled() and x_src.requires_grad):
+        return gather_neighbors(x_src, edge_index, num_dst, k).amax(dim=1)
+    # Training: find the winning neighbour of every (node, channel) without autograd, then
+    # gather just those values. The backward pass is a scatter of num_dst * C values instead of
+    # the (num_dst, k, C) mask and scatter of a differentiable max over gathered features; as
+    # with torch.max(dim) in the official code, the gradient goes to one winner per channel.
+    with torch.no_grad():
+        x_j = gather_neighbors(x_src, edge_index, num_dst, k)  # (N, k, C)
+        hit = x_j == x_j.amax(dim=1, keepdim=True)
+        # First winning rank j as k - max_j(hit * (k - j)): amax over the middle axis is much
+        # faster than argmax there, and uint8 keeps the mask small.
+        weight = torch.arange(k, 0, -1, dtype=torch.uint8, device=x_j.device).view(1, k, 1)
+        arg = k - (hit * weight).amax(dim=1).long()  # (N, C)
+        winner = edge_index[0].view(num_dst, k).gather(1, arg)  # source node per channel
+    return x_src.gather(0, winner)
+
+
 class MRConv(MessagePassing):
     r"""The max-relative graph convolution from the `"DeepGCNs: Can GCNs Go as Deep as CNNs?"
     <https://arxiv.org/abs/1904.03751>`_ paper, with the multi-head update of `"Vision GNN: An
@@ -64,7 +83,7 @@ class MRConv(MessagePassing):
         deg = regular_degree(edge_index, x_dst.size(0), k)
         if deg is not None:
             # max_j (x_j - x_i) = max_j x_j - x_i: one gather, one reduction, one subtraction.
-            m = gather_neighbors(x_src, edge_index, x_dst.size(0), deg).amax(dim=1) - x_dst
+            m = _max_neighbors(x_src, edge_index, x_dst.size(0), deg) - x_dst
         else:
             # propagate_type: (x: PairTensor)
             m = self.propagate(edge_index, x=x)

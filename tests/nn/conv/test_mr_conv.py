@@ -184,3 +184,21 @@ def test_reset_parameters():
     conv.reset_parameters()
     assert conv.nn[0].weight.abs().sum() > 0
     assert conv.nn[0].weight.shape == before["nn.0.weight"].shape
+
+
+def test_training_gradient_matches_torch_max_formulation():
+    # The fast path sends the gradient to one winning neighbour per channel, like the official
+    # torch.max(x_j - x_i, dim) does.
+    from pyg_vig.nn import knn_graph
+
+    x = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    edge_index = knn_graph(x.detach(), 5)
+    conv = MRConv(16, 32).double().train()
+    out = conv(x, edge_index, k=5)
+    (g_fast,) = torch.autograd.grad(out.square().sum(), x)
+    x_j = x[edge_index[0]].view(50, 5, 16)
+    m, _ = torch.max(x_j - x.unsqueeze(1), dim=1)
+    ref = conv.nn(torch.stack([x, m], dim=-1).reshape(50, 32))
+    (g_ref,) = torch.autograd.grad(ref.square().sum(), x)
+    assert torch.allclose(out, ref)
+    assert torch.allclose(g_fast, g_ref)
