@@ -79,7 +79,7 @@ def main():
                     common.sync(device)
                     total = time.perf_counter() - t0
 
-                def run():
+                def run(model=model, x=x):
                     with torch.inference_mode():
                         model(x)
 

@@ -44,7 +44,7 @@ class GridLayout:
 
     @classmethod
     def uniform_grid(cls, batch_size: int, height: int, width: int) -> GridLayout:
-        """``batch_size`` graphs on the same :math:`H \times W` grid."""
+        r"""``batch_size`` graphs on the same :math:`H \times W` grid."""
         return cls([(height, width)] * batch_size)
 
     @property
@@ -109,7 +109,8 @@ class GridLayout:
         if isinstance(images, Tensor):
             B, C, H, W = images.shape
             # (B, C, H, W) -> (B*H*W, C)
-            return images.permute(0, 2, 3, 1).reshape(B * H * W, C), GridLayout.uniform_grid(B, H, W)
+            nodes = images.permute(0, 2, 3, 1).reshape(B * H * W, C)
+            return nodes, GridLayout.uniform_grid(B, H, W)
         xs = [img.permute(1, 2, 0).reshape(-1, img.size(0)) for img in images]
         return torch.cat(xs, dim=0), GridLayout([tuple(img.shape[-2:]) for img in images])
 

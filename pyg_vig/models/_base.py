@@ -95,7 +95,9 @@ class ViGBase(nn.Module):
             if all(s == shapes[0] for s in shapes):
                 images = torch.stack(images, 0)  # one batched pass when sizes agree
         else:
-            raise ValueError("expected a (B, C, H, W) tensor or a non-empty list of (C, H, W) tensors")
+            raise ValueError(
+                "expected a (B, C, H, W) tensor or a non-empty list of (C, H, W) tensors"
+            )
         for c, h, w in shapes:
             if c != self.in_chans:
                 raise ValueError(

@@ -32,7 +32,7 @@ def fuse_batchnorm(model: nn.Module) -> nn.Module:
         if not isinstance(module, nn.Sequential):
             continue
         children = list(module.named_children())
-        for (_, layer), (bn_name, bn) in zip(children, children[1:]):
+        for (_, layer), (bn_name, bn) in zip(children, children[1:], strict=False):
             if isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)) and isinstance(
                 layer, (nn.Linear, nn.Conv2d, MultiHeadLinear)
             ) and bn.track_running_stats:

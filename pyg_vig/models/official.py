@@ -4,16 +4,17 @@ The official models keep feature maps as ``(B, C, H, W)`` and use 1x1 ``Conv2d``
 use ``nn.Linear`` on node features, so weights map one to one after dropping the two trailing unit
 dimensions. Keys are renamed as follows (``<i>`` a block, ``<ds>`` a downsample slot):
 
-=======================================  ================================================
-official                                 pyg_vig
-=======================================  ================================================
-``backbone.<i>.0.*`` (Grapher)           ``blocks.<i>.grapher.*`` / ``stages.<s>.blocks.<j>.grapher.*``
-``backbone.<i>.1.*`` (FFN)               ``....ffn.*``
-``...graph_conv.gconv.*``                ``...graph_conv.*``
-``backbone.<ds>.conv.*`` (pyramid)       ``stages.<s>.downsample.conv.*``
-``prediction.0`` / ``.1`` / ``.4``       ``head.fc`` / ``head.norm`` / ``head.out``
-``backbone.<i>.0.relative_pos``          dropped: recomputed from the grid (frozen table)
-=======================================  ================================================
+===================================  ============================================
+official                             pyg_vig
+===================================  ============================================
+``backbone.<i>.0.*`` (Grapher)       ``blocks.<i>.grapher.*`` (isotropic),
+                                     ``stages.<s>.blocks.<j>.grapher.*`` (pyramid)
+``backbone.<i>.1.*`` (FFN)           ``....ffn.*``
+``...graph_conv.gconv.*``            ``...graph_conv.*``
+``backbone.<ds>.conv.*`` (pyramid)   ``stages.<s>.downsample.conv.*``
+``prediction.0`` / ``.1`` / ``.4``   ``head.fc`` / ``head.norm`` / ``head.out``
+``backbone.<i>.0.relative_pos``      dropped: recomputed from the grid (frozen table)
+===================================  ============================================
 """
 
 from __future__ import annotations

@@ -150,7 +150,8 @@ class PyramidViG(ViGBase):
 
     def _fits(self, h: int, w: int) -> str | None:
         j = 0
-        for s, ((gh, gw), stage) in enumerate(zip(self._stage_grids(h, w), self.stages)):
+        grids = self._stage_grids(h, w)
+        for s, ((gh, gw), stage) in enumerate(zip(grids, self.stages, strict=True)):
             r = self.reductions[s]
             keys = (gh // r) * (gw // r)
             for _ in stage.blocks:

@@ -97,7 +97,7 @@ class ViG(ViGBase):
     # ------------------------------------------------------------------ checks
     def min_input_size(self) -> int:
         """Smallest square input whose node grid offers ``k * dilation`` candidates everywhere."""
-        need = max(k * d for k, d in zip(self.ks, self.dilations))
+        need = max(k * d for k, d in zip(self.ks, self.dilations, strict=False))
         side = 1
         while side * side < need:
             side += 1
@@ -105,7 +105,7 @@ class ViG(ViGBase):
 
     def _check_size(self, h: int, w: int) -> None:
         gh, gw = -(-h // self.stem_stride), -(-w // self.stem_stride)  # ceil: stride-2 convs pad
-        need = max(k * d for k, d in zip(self.ks, self.dilations))
+        need = max(k * d for k, d in zip(self.ks, self.dilations, strict=False))
         if gh * gw < need:
             m = self.min_input_size()
             raise ValueError(

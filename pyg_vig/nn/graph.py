@@ -291,7 +291,9 @@ def _counts(batch: Tensor | None, num: int, name: str) -> list[int]:
     if num == 0:
         return []
     if bool((batch[1:] < batch[:-1]).any()):
-        raise ValueError(f"'{name}' must be sorted (as PyG Batch objects are); sort the nodes first")
+        raise ValueError(
+            f"'{name}' must be sorted (as PyG Batch objects are); sort the nodes first"
+        )
     return torch.bincount(batch).tolist()
 
 
@@ -392,7 +394,7 @@ def knn_graph(
             f"'batch' describes {len(counts_x)} graphs but 'batch_y' describes {len(counts_y)}"
         )
     kd = k * dilation
-    for g, (n, m) in enumerate(zip(counts_x, counts_y)):
+    for g, (n, m) in enumerate(zip(counts_x, counts_y, strict=False)):
         if m < kd and n > 0:
             raise ValueError(
                 f"graph {g} has only {m} candidate source nodes but k * dilation = {k} * "
@@ -416,7 +418,7 @@ def knn_graph(
     ptr_x = [0] + torch.tensor(counts_x).cumsum(0).tolist()
     ptr_y = [0] + torch.tensor(counts_y).cumsum(0).tolist()
     groups: dict[tuple[int, int], list[int]] = {}
-    for g, (n, m) in enumerate(zip(counts_x, counts_y)):
+    for g, (n, m) in enumerate(zip(counts_x, counts_y, strict=False)):
         groups.setdefault((n, m), []).append(g)
     src = torch.empty(x.size(0), k, dtype=torch.long, device=x.device)
     for (n, m), members in groups.items():

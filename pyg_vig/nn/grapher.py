@@ -9,6 +9,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from pyg_vig.data.grid import GridLayout
+from pyg_vig.nn import numerics
 from pyg_vig.nn.conv import CONVS, EdgeConv, GINConv, MRConv, SAGEConv
 from pyg_vig.nn.drop import DropPath
 from pyg_vig.nn.graph import (
@@ -18,7 +19,6 @@ from pyg_vig.nn.graph import (
     knn_index,
     resolve_backend,
 )
-from pyg_vig.nn import numerics
 from pyg_vig.nn.linear import LinearBN, get_act
 
 __all__ = ["Grapher", "FFN", "ViGBlock", "grid_knn_graph", "RELATIVE_POS_MODES"]
@@ -45,7 +45,7 @@ def grid_knn_graph(
     epsilon: float = 0.2,
     backend: str = "auto",
 ) -> Tensor:
-    """:func:`~pyg_vig.nn.knn_graph` for image grids, grouping graphs by grid size.
+    r""":func:`~pyg_vig.nn.knn_graph` for image grids, grouping graphs by grid size.
 
     Unlike :func:`knn_graph`, which only sees node counts, this knows each graph's
     :math:`H \\times W`, so the positional bias of a graph is built for its own grid
@@ -56,7 +56,7 @@ def grid_knn_graph(
         y, layout_y = x, layout
     assert layout_y is not None
     kd = k * dilation
-    for (h, w), (hy, wy) in zip(layout.sizes, layout_y.sizes):
+    for (h, w), (hy, wy) in zip(layout.sizes, layout_y.sizes, strict=False):
         if hy * wy < kd:
             raise ValueError(
                 f"a {h}x{w} node grid with {hy}x{wy} key nodes has fewer candidates than "

@@ -50,15 +50,15 @@ def grouped_linear(x: Tensor, weight: Tensor, bias: Tensor | None, heads: int) -
     if heads == 1:
         return F.linear(x, weight, bias)
     *lead, C = x.shape
-    G, O = heads, weight.size(0)
+    G, out_ch = heads, weight.size(0)
     # (..., C) -> (G, M, C/G) @ (G, C/G, O/G) -> (M, G, O/G) -> (..., O)
     xg = x.reshape(-1, G, C // G).transpose(0, 1)
-    w = weight.view(G, O // G, C // G).transpose(1, 2)
+    w = weight.view(G, out_ch // G, C // G).transpose(1, 2)
     if bias is not None:
-        out = torch.baddbmm(bias.view(G, 1, O // G), xg, w)
+        out = torch.baddbmm(bias.view(G, 1, out_ch // G), xg, w)
     else:
         out = torch.bmm(xg, w)
-    return out.transpose(0, 1).reshape(*lead, O)
+    return out.transpose(0, 1).reshape(*lead, out_ch)
 
 
 def folded_linear_params(weight: Tensor, bias: Tensor | None, bn: nn.Module

@@ -55,7 +55,8 @@ class MRConv(MessagePassing):
         bias (bool, optional): learn a bias in the update. (default: :obj:`True`)
         norm (bool, optional): BatchNorm in the update. (default: :obj:`True`)
         act (str or callable, optional): activation of the update. (default: :obj:`"gelu"`)
-        **kwargs (optional): additional arguments of :class:`torch_geometric.nn.conv.MessagePassing`.
+        **kwargs (optional): additional arguments of
+            :class:`torch_geometric.nn.conv.MessagePassing`.
 
     Shapes:
         - **input:** node features :math:`(|\mathcal{V}|, F_{in})` or

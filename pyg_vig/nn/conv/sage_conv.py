@@ -31,7 +31,8 @@ class SAGEConv(MessagePassing):
         bias (bool, optional): learn biases in the updates. (default: :obj:`True`)
         norm (bool, optional): BatchNorm in the updates. (default: :obj:`True`)
         act (str or callable, optional): activation of the updates. (default: :obj:`"gelu"`)
-        **kwargs (optional): additional arguments of :class:`torch_geometric.nn.conv.MessagePassing`.
+        **kwargs (optional): additional arguments of
+            :class:`torch_geometric.nn.conv.MessagePassing`.
 
     Shapes:
         - **input:** node features :math:`(|\mathcal{V}|, F_{in})` or
