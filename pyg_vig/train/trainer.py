@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset
 
 from pyg_vig.datasets import Mixup, build_transform, load_dataset
@@ -40,6 +40,7 @@ from pyg_vig.utils.checkpoint import atomic_save, load_state_dict_file, save_saf
 __all__ = [
     "Trainer",
     "build_model",
+    "ema_warmup_avg_fn",
     "evaluate",
     "load_trained_model",
     "model_metadata",
@@ -189,6 +190,28 @@ def evaluate(
     pred, target = torch.cat(preds), torch.cat(targets)
     n = max(len(target), 1)
     return total_loss / n, (pred == target).float().mean().item(), pred, target
+
+
+def ema_warmup_avg_fn(decay: float) -> Callable:
+    """``multi_avg_fn`` for :class:`~torch.optim.swa_utils.AveragedModel`: an EMA whose decay
+    ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first updates ``n``.
+
+    Like :func:`~torch.optim.swa_utils.get_ema_multi_avg_fn`, plus the warm-up of TensorFlow's
+    ``ExponentialMovingAverage(num_updates=...)``: without it a short run's average is dominated
+    by the random initial weights for the first ``1 / (1 - decay)`` steps.
+    """
+
+    @torch.no_grad()
+    def avg_fn(ema_params: list[Tensor], params: list[Tensor], num_averaged: Tensor) -> None:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        if torch.is_floating_point(ema_params[0]):
+            torch._foreach_lerp_(ema_params, params, 1.0 - d)
+        else:
+            for e, p in zip(ema_params, params, strict=True):
+                e.copy_(p)
+
+    return avg_fn
 
 
 def _rng_state() -> dict[str, Any]:
@@ -376,7 +399,7 @@ class Trainer:
         if cfg.ema:
             # EMA of parameters and buffers (BatchNorm statistics), as timm's ModelEmaV2
             self.ema = AveragedModel(
-                model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+                model, multi_avg_fn=ema_warmup_avg_fn(cfg.ema_decay), use_buffers=True
             )
         self.amp_dtype = resolve_amp(cfg.amp, dev)
         self.scaler = torch.amp.GradScaler(dev.type, enabled=self.amp_dtype == torch.float16)

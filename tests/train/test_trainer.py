@@ -157,3 +157,23 @@ def test_param_groups_skip_bias_norm_and_no_weight_decay():
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
     assert [p.shape for p in decay["params"]] == [torch.Size([32, 784])]
     assert any(p is m.head.weight for p in no_decay["params"])
+
+
+def test_ema_warmup_avg_fn():
+    from torch.optim.swa_utils import AveragedModel
+
+    from pyg_vig.train.trainer import ema_warmup_avg_fn
+
+    lin = torch.nn.Linear(1, 1, bias=False)
+    ema = AveragedModel(lin, multi_avg_fn=ema_warmup_avg_fn(0.99), use_buffers=True)
+    expected = None
+    for n in range(30):
+        with torch.no_grad():
+            lin.weight.fill_(float(n))
+        ema.update_parameters(lin)
+        if expected is None:
+            expected = 0.0  # the first update copies
+        else:
+            d = min(0.99, (1 + n) / (10 + n))  # n updates averaged so far
+            expected = d * expected + (1 - d) * n
+        assert ema.module.weight.item() == pytest.approx(expected, rel=1e-5)
