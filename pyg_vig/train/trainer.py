@@ -296,6 +296,8 @@ class Trainer:
         self.dist: DistInfo = init_distributed(config.device)
         self._log = log
         self._check_run_dir()
+        if self.dist.distributed:  # every rank checks the folder before rank 0 writes to it
+            dist.barrier()
 
     def log(self, msg: str) -> None:
         """Print on rank 0 only."""
