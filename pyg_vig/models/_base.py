@@ -170,6 +170,16 @@ class ViGBase(nn.Module):
         return {"pos_embed"}
 
     @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter-name patterns of the stem and of each block (timm's layer-decay helper)."""
+        if hasattr(self, "stages"):
+            blocks = r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None)]
+        else:
+            blocks = r"^blocks\.(\d+)"
+        return dict(stem=r"^stem|^pos_embed", blocks=blocks)
+
+    @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in the backward pass to save activation memory."""
         self.grad_checkpointing = enable
