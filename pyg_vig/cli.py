@@ -204,7 +204,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     ds = load_dataset(
         data,
         args.split,
-        transform=build_transform(False, cfg.image_size, cfg.mean, cfg.std),
+        transform=build_transform(False, cfg.image_size, cfg.mean, cfg.std, resize=True),
         image_size=cfg.image_size,
         in_chans=cfg.in_chans,
         classes=cfg.classes if data == cfg.data else None,

@@ -38,6 +38,7 @@ from pyg_vig.datasets.transforms import (
     RandomCrop,
     RandomErasing,
     RandomHorizontalFlip,
+    Resize,
     one_hot_smooth,
 )
 
@@ -54,6 +55,7 @@ __all__ = [
     "RandomCrop",
     "RandomErasing",
     "RandomHorizontalFlip",
+    "Resize",
     "TensorImageDataset",
     "build_transform",
     "embedded_path",
@@ -174,12 +176,14 @@ def build_transform(
     crop_padding: int = 2,
     hflip: float = 0.5,
     reprob: float = 0.25,
+    resize: bool = False,
 ) -> Compose:
-    """The standard per-image pipeline: (random crop, flip,) normalise, (random erasing).
+    """The standard per-image pipeline: (resize,) (random crop, flip,) normalise, (random erasing).
 
-    Evaluation uses normalisation only.
+    Evaluation uses the resize and normalisation only. ``resize`` adds a :class:`Resize` to
+    ``image_size`` first (for stored images of another size).
     """
-    steps: list[Callable[[Tensor], Tensor]] = []
+    steps: list[Callable[[Tensor], Tensor]] = [Resize(image_size)] if resize else []
     if train:
         if crop_padding > 0:
             steps.append(RandomCrop(image_size, crop_padding))

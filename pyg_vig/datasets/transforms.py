@@ -21,6 +21,7 @@ __all__ = [
     "RandomCrop",
     "RandomErasing",
     "RandomHorizontalFlip",
+    "Resize",
     "one_hot_smooth",
 ]
 
@@ -38,6 +39,23 @@ class Compose:
 
     def __repr__(self) -> str:
         return f"Compose({', '.join(repr(t) for t in self.transforms)})"
+
+
+class Resize:
+    """Resize to ``size`` ``(H, W)`` with antialiased bilinear interpolation."""
+
+    def __init__(self, size: int | tuple[int, int]):
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+
+    def __call__(self, x: Tensor) -> Tensor:  # noqa: D102
+        if tuple(x.shape[-2:]) == self.size:
+            return x
+        # (C, H, W) -> (1, C, H, W) -> (C, h, w)
+        out = F.interpolate(x[None], size=self.size, mode="bilinear", antialias=True)
+        return out[0]
+
+    def __repr__(self) -> str:
+        return f"Resize(size={self.size})"
 
 
 class RandomCrop:

@@ -332,8 +332,10 @@ class Trainer:
         )
         if cfg.in_chans is None:
             cfg.in_chans = train.in_chans
+        native = tuple(train[0][0].shape[-2:])
         if cfg.image_size is None:
-            cfg.image_size = int(train[0][0].shape[-1])
+            cfg.image_size = int(native[-1])
+        resize = native != (cfg.image_size, cfg.image_size)
         if cfg.classes is None:
             cfg.classes = list(train.classes)
         if cfg.num_classes is None:
@@ -341,12 +343,12 @@ class Trainer:
         if cfg.mean is None or cfg.std is None:
             cfg.mean, cfg.std = _data_stats(train)
         train.transform = build_transform(
-            True, cfg.image_size, cfg.mean, cfg.std, cfg.crop_padding, cfg.hflip, cfg.reprob
+            True, cfg.image_size, cfg.mean, cfg.std, cfg.crop_padding, cfg.hflip, cfg.reprob, resize
         )
         test = load_dataset(
             cfg.data,
             "test",
-            transform=build_transform(False, cfg.image_size, cfg.mean, cfg.std),
+            transform=build_transform(False, cfg.image_size, cfg.mean, cfg.std, resize=resize),
             image_size=cfg.image_size,
             in_chans=cfg.in_chans,
             classes=cfg.classes,

@@ -86,3 +86,13 @@ def test_mixup_disabled_gives_smoothed_one_hot():
     xm, t = m(x, torch.tensor([2, 0]))
     assert torch.equal(xm, x)
     assert torch.allclose(t[0], torch.tensor([0.1, 0.1, 0.8]))
+
+
+def test_resize_and_build_transform_resize():
+    from pyg_vig.datasets import Resize
+
+    x = torch.rand(1, 28, 28)
+    assert Resize(32)(x).shape == (1, 32, 32)
+    assert Resize((28, 28))(x) is x
+    t = build_transform(False, 32, (0.0,), (1.0,), resize=True)
+    assert t(x).shape == (1, 32, 32)
