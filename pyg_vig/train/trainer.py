@@ -12,6 +12,7 @@ A run folder holds::
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from pyg_vig.datasets import Mixup, build_transform, load_dataset
 from pyg_vig.train.config import RUNTIME_FIELDS, ConfigError, TrainConfig
@@ -187,6 +188,8 @@ def evaluate(
         preds.append(logits.argmax(1).cpu())
         targets.append(y.cpu())
     model.train(was_training)
+    if not targets:  # an empty shard
+        return 0.0, 0.0, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
     pred, target = torch.cat(preds), torch.cat(targets)
     n = max(len(target), 1)
     return total_loss / n, (pred == target).float().mean().item(), pred, target
@@ -280,7 +283,8 @@ class Trainer:
         resume (bool): continue the run saved in ``run_dir`` (default: :obj:`False`).
         model_fn (callable, optional): ``model_fn(config) -> nn.Module`` instead of the
             registry (tests use small stand-ins).
-        log (callable): where progress lines go (default: :func:`print`, rank 0 only).
+        log (callable, optional): where progress lines go (default: flushed :func:`print`;
+            rank 0 only).
     """
 
     def __init__(
@@ -289,12 +293,12 @@ class Trainer:
         run_dir: str | Path,
         resume: bool = False,
         model_fn: Callable[[TrainConfig], nn.Module] | None = None,
-        log: Callable[[str], None] = print,
+        log: Callable[[str], None] | None = None,
     ):
         self.cfg, self.run_dir, self.resume = config, Path(run_dir), resume
         self.model_fn = model_fn or build_model
         self.dist: DistInfo = init_distributed(config.device)
-        self._log = log
+        self._log = log or functools.partial(print, flush=True)
         self._check_run_dir()
         if self.dist.distributed:  # every rank checks the folder before rank 0 writes to it
             dist.barrier()
@@ -372,8 +376,10 @@ class Trainer:
             # not shift the global RNG stream that augmentation uses (exact mid-epoch resume)
             generator=torch.Generator().manual_seed(cfg.seed + self.dist.rank),
         )
+        # each rank evaluates every world_size-th test image; the predictions are gathered
+        shard = Subset(test, range(self.dist.rank, len(test), ws)) if ws > 1 else test
         self.test_loader = DataLoader(
-            test, batch_size=256, shuffle=False, num_workers=cfg.workers, pin_memory=pin
+            shard, batch_size=256, shuffle=False, num_workers=cfg.workers, pin_memory=pin
         )
         self.train_set, self.test_set = train, test
 
@@ -603,11 +609,8 @@ class Trainer:
                 "epoch_time_s": round(epoch_time, 2),
                 "img_per_s": round(seen / max(epoch_time, 1e-9), 1),
             }
-            if self.dist.is_main:  # the weights that model.safetensors will hold (EMA if on)
-                self._last_eval = evaluate(
-                    self._final_model(), self.test_loader, dev, self.amp_dtype
-                )
-                row["test_loss"], row["test_acc"] = self._last_eval[:2]
+            self._last_eval = self._evaluate()  # the weights model.safetensors holds
+            row["test_loss"], row["test_acc"] = self._last_eval[:2]
             self.history.append(row)
             start_step = 0
             self.save_state(epoch + 1, 0)
@@ -621,14 +624,27 @@ class Trainer:
                 )
         return self._finish(time.perf_counter() - t_start)
 
+    def _evaluate(self) -> tuple[float, float, Tensor, Tensor]:
+        """Test loss/accuracy/predictions/targets of the final weights, over all ranks' shards."""
+        loss, _, pred, target = evaluate(
+            self._final_model(), self.test_loader, self.dist.device, self.amp_dtype
+        )
+        if self.dist.distributed:
+            parts: list[Any] = [None] * self.dist.world_size
+            dist.all_gather_object(parts, (loss * len(target), pred, target))
+            n = sum(len(p[2]) for p in parts)
+            loss = sum(p[0] for p in parts) / max(n, 1)
+            pred = torch.cat([p[1] for p in parts])
+            target = torch.cat([p[2] for p in parts])
+        acc = (pred == target).float().mean().item() if len(target) else 0.0
+        return loss, acc, pred, target
+
     def _finish(self, wall_time: float) -> dict[str, Any]:
         summary: dict[str, Any] = {}
+        if self._last_eval is None:  # resumed after the last epoch had finished
+            self._last_eval = self._evaluate()
         if self.dist.is_main:
             final = self._final_model()
-            if self._last_eval is None:  # resumed after the last epoch had finished
-                self._last_eval = evaluate(
-                    final, self.test_loader, self.dist.device, self.amp_dtype
-                )
             loss, acc, pred, target = self._last_eval
             cm = confusion_matrix(pred, target, self.cfg.num_classes)
             summary = {
