@@ -53,23 +53,26 @@ def plot_confusion_matrix(
     plt.close(fig)
 
 
-def plot_training_curves(history: list[dict], path: str | Path) -> None:
+def plot_training_curves(history: list[dict], path: str | Path, test_label: str = "test") -> None:
     """Save loss and accuracy per epoch (train and test) side by side."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax_loss.plot(epochs, [h["test_loss"] for h in history], "o-", label="test")
+    ax_loss.plot(epochs, [h["test_loss"] for h in history], "o-", label=test_label)
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     ax_loss.legend()
     ax_acc.plot(epochs, [h["train_acc"] for h in history], "o-", label="train (augmented)")
-    ax_acc.plot(epochs, [h["test_acc"] for h in history], "o-", label="test")
+    ax_acc.plot(epochs, [h["test_acc"] for h in history], "o-", label=test_label)
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy")
     ax_acc.legend()
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -667,7 +667,11 @@ class Trainer:
                 title=f"{self.cfg.model} on {self.cfg.data} (test): accuracy {acc:.4f}",
             )
             if self.history:
-                plot_training_curves(self.history, self.run_dir / "training_curves.png")
+                plot_training_curves(
+                    self.history,
+                    self.run_dir / "training_curves.png",
+                    test_label="test (EMA weights)" if self.ema is not None else "test",
+                )
         if self.dist.distributed:
             dist.barrier()
         return summary
