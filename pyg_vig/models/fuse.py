@@ -27,8 +27,13 @@ def fuse_batchnorm(model: nn.Module) -> nn.Module:
     Works on any ``nn.Sequential`` whose child ``i`` is such a layer and child ``i + 1`` a
     BatchNorm (the layout of every ViG linear-BN pair). The model is switched to eval mode.
     """
+    from pyg_vig.models._base import ClassifierHead
+
     model.eval()
     for module in list(model.modules()):
+        if isinstance(module, ClassifierHead) and isinstance(module.norm, nn.BatchNorm1d):
+            _fold(module.fc, module.norm)
+            module.norm = nn.Identity()
         if not isinstance(module, nn.Sequential):
             continue
         children = list(module.named_children())

@@ -138,6 +138,8 @@ class PyramidViG(ViGBase):
         self.stages = nn.ModuleList(stages)
         self.head = ClassifierHead(embed_dims[-1], num_classes, head_hidden, act, drop_rate, **dd)
         self.apply(self._init_weights)
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)  # graph convs and blocks too
 
     # ------------------------------------------------------------------ checks
     def _stage_grids(self, h: int, w: int) -> list[tuple[int, int]]:

@@ -93,6 +93,8 @@ class ViG(ViGBase):
         self.feature_info = [dict(num_chs=embed_dim, reduction=stem_stride,
                                   module=f"blocks.{depth - 1}")]
         self.apply(self._init_weights)
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)  # graph convs and blocks too
 
     # ------------------------------------------------------------------ checks
     def min_input_size(self) -> int:
@@ -149,13 +151,26 @@ class ViG(ViGBase):
 
 def _make_graph(nodes: Tensor, layout: GridLayout, edges: list[Tensor],
                 grids: list[list[tuple[int, int]]]) -> Batch:
+    from torch_geometric.data import Data
+
     device = nodes.device
-    batch = Batch(
-        x=nodes, pos=layout.pos(device), batch=layout.batch(device),
-        ptr=torch.tensor(layout.ptr, device=device),
-        grid_size=torch.tensor(layout.sizes, device=device),
-        edge_index=edges[-1] if edges else None,
-    )
+    pos = layout.pos(device)
+    last = edges[-1] if edges else None
+    # The last block's graph goes into each Data (local indices) when it lives on the node set
+    # itself; a bipartite graph over pooled keys (reduction > 1) stays in edge_indices only.
+    k = last.size(1) // nodes.size(0) if last is not None and nodes.size(0) else 0
+    own = last is not None and k > 0 and int(last[0].max()) < nodes.size(0)
+    data_list = []
+    for g, (h, w) in enumerate(layout.sizes):
+        a, b = layout.ptr[g], layout.ptr[g + 1]
+        d = Data(x=nodes[a:b], pos=pos[a:b], grid_size=torch.tensor([[h, w]], device=device))
+        if own:
+            d.edge_index = last[:, a * k : b * k] - a
+        data_list.append(d)
+    batch = Batch.from_data_list(data_list)
+    if not own:
+        batch.edge_index = last
+    # Every block's graph, global node indices (not split by to_data_list()).
     batch.edge_indices = edges
     batch.edge_grids = grids
     return batch

@@ -421,11 +421,6 @@ def test_forward_graph(name):
     assert [len(s) for s in g.edge_grids] == [2] * len(g.edge_grids)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="forward_graph builds Batch(...) directly, without the slice/increment bookkeeping "
-    "of Batch.from_data_list, so to_data_list()/get_example() raise RuntimeError",
-)
 def test_forward_graph_to_data_list():
     model = create_model("vig_mini").eval()
     with torch.no_grad():
@@ -481,11 +476,6 @@ def test_fuse(name, conv):
     assert _rel_err(out, ref) <= 1e-4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fuse_batchnorm only folds BatchNorms inside an nn.Sequential; ClassifierHead keeps "
-    "fc and norm as plain attributes, so head.norm survives model.fuse()",
-)
 def test_fuse_head_norm():
     model = create_model("vig_mini").fuse()
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
@@ -558,11 +548,6 @@ def test_package_exports():
     assert issubclass(pyg_vig.ViG, nn.Module) and issubclass(pyg_vig.PyramidViG, nn.Module)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ViG/PyramidViG pass device/dtype (dd) to the stem, pos_embed and head but not to "
-    "ViGBlock (vig.py, pyramid_vig.py), so dtype=torch.float64 builds float32 blocks",
-)
 @pytest.mark.parametrize("name", ["vig_mini", "pvig_mini"])
 def test_dtype_argument(name):
     model = create_model(name, dtype=torch.float64).eval()
