@@ -101,20 +101,25 @@ class TrainConfig:
         return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}
 
 
-# what `pyg-vig train --demo` (and `make demo`) runs: ~10 minutes on 2 CPU cores
+# What `pyg-vig train --demo` (and `make demo`) runs: ~10 minutes on 2 CPU cores. A narrower
+# vig_mini (width 64, 0.37M parameters) and light regularisation: a 10-epoch run on 20k images
+# underfits rather than overfits, so crop / random erasing / stochastic depth only slow it down
+# (measured: 0.874 after 8 epochs with them, 0.885 after 6 without).
 DEMO_CONFIG: dict[str, Any] = dict(
     model="vig_mini",
+    model_args={"embed_dim": 64, "head_hidden": 128},
     data="fashion_mnist_subset",
     epochs=10,
     batch_size=128,
     lr=2e-3,
     warmup_epochs=1.0,
+    label_smoothing=0.1,
     mixup=0.0,
     cutmix=0.0,
-    reprob=0.1,
+    reprob=0.0,
     hflip=0.5,
-    crop_padding=2,
-    drop_path=0.05,
+    crop_padding=0,
+    drop_path=0.0,
     ema=True,
     ema_decay=0.998,
 )
