@@ -17,7 +17,8 @@ the stem, position embedding, k-NN schedule and head:
 Both are trained with the same budget on the embedded Fashion-MNIST subset; the diversity after
 every layer is averaged over test images and plotted (dashed: at initialisation).
 
-    python examples/feature_diversity.py                # ~3 minutes on 2 CPU cores
+    python examples/feature_diversity.py
+    python examples/feature_diversity.py --steps 500    # closer to fully trained networks
 """
 
 import argparse
@@ -41,7 +42,7 @@ from pyg_vig.nn import MRConv, knn_graph  # noqa: E402
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--depth", type=int, default=12)
 parser.add_argument("--dim", type=int, default=48)
-parser.add_argument("--steps", type=int, default=150, help="training steps per model")
+parser.add_argument("--steps", type=int, default=100, help="training steps per model")
 parser.add_argument("--batch-size", type=int, default=32)
 parser.add_argument("--eval-images", type=int, default=1000)
 parser.add_argument("--threads", type=int, default=2)

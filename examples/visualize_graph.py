@@ -7,7 +7,7 @@ neighbours are picked by low-level look (colour, texture) and deep ones by seman
 object part).
 
 It draws isotropic ViG models (one node grid in every block). Without ``--checkpoint`` a
-small one is trained for a few minutes on the embedded Fashion-MNIST subset first; with a
+small one is trained briefly (120 steps) on the embedded Fashion-MNIST subset first; with a
 2x2-pixel stem the 28x28 images become a 14x14 node grid, the grid of ViG at 224 px.
 
     python examples/visualize_graph.py
@@ -35,7 +35,7 @@ parser.add_argument("--checkpoint", default=None, help="weights of --model (skip
 parser.add_argument("--model", default="vig_mini")
 parser.add_argument("--stem-stride", type=int, default=2, help="patch size in pixels")
 parser.add_argument("--dim", type=int, default=64, help="node feature size (when training)")
-parser.add_argument("--steps", type=int, default=150, help="training steps without checkpoint")
+parser.add_argument("--steps", type=int, default=120, help="training steps without checkpoint")
 parser.add_argument("--batch-size", type=int, default=32)
 parser.add_argument("--images", type=int, nargs="+", default=None,
                     help="test image indices (default: the first T-shirt/top and Bag)")
