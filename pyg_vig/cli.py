@@ -26,7 +26,8 @@ _HELP = {
     "drop_path": "stochastic depth rate",
     "data": "'fashion_mnist_subset' (embedded), 'fashion_mnist', an IDX folder, a .npz, or an "
     "image folder (root/train/<class>/*.png)",
-    "image_size": "image side in pixels (image folders; default: the data's own size, or 32)",
+    "image_size": "image side in pixels; other sizes are resized (image folders: 32 if unset)",
+    "drop": "dropout before the classifier",
     "in_chans": "1 (grayscale) or 3 (RGB) for image folders",
     "batch_size": "global batch size, split over all processes",
     "warmup_epochs": "linear warm-up length (fraction of epochs allowed)",
@@ -54,7 +55,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         "--demo",
         action="store_true",
         help="the `make demo` recipe: small ViG on the "
-        "embedded Fashion-MNIST subset, ~10 min on 2 CPU cores",
+        "embedded Fashion-MNIST subset, ~10 min on 2 CPU cores; its settings replace the "
+        "defaults below, explicit flags still win",
     )
     p.add_argument("--output", "-o", help="run folder (default: a new runs/<name>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
@@ -62,7 +64,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         if f.name in _DATA_DERIVED:
             continue
         flag = "--" + f.name.replace("_", "-")
-        kw: dict[str, Any] = dict(dest=f.name, default=None, help=_HELP.get(f.name))
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = (
+            "from the data" if default is None and f.name in ("image_size", "in_chans") else default
+        )
+        text = f"{_HELP[f.name]} " if f.name in _HELP else ""
+        kw: dict[str, Any] = dict(dest=f.name, default=None, help=f"{text}(default: {shown})")
         if f.type in ("bool",):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif f.name == "model_args":
