@@ -15,9 +15,6 @@ import pyg_vig
 from pyg_vig import create_model, list_models
 from pyg_vig.utils import count_macs, count_params
 
-SMALL = ["vig_mini", "pvig_mini", "vig_ti", "pvig_ti"]
-BIG = [n for n in list_models() if n not in SMALL]
-
 # Learnable parameters of the official models (SPEC.md §8, frozen relative_pos excluded).
 PARAMS_M = {
     "vig_ti": 7.185,
@@ -155,8 +152,9 @@ def test_forward_224(name):
     assert feats.shape == (1, model.num_features, grid, grid)
 
 
-# The big models' backward at their minimum size takes 5-30 s each on 2 cores.
-@pytest.mark.parametrize("name", [_slow_if(n, BIG) for n in list_models()])
+# At their minimum input size the big models' backward takes 3-10 s on 2 cores; pvig_b's
+# (196 px) takes over a minute.
+@pytest.mark.parametrize("name", [_slow_if(n, ["pvig_b"]) for n in list_models()])
 def test_backward(name):
     model = create_model(name, num_classes=42).train()
     x = _images(model)
