@@ -18,6 +18,7 @@ from pyg_vig.train.distributed import (
 from pyg_vig.train.trainer import (
     Trainer,
     build_model,
+    ema_warmup_avg_fn,
     evaluate,
     load_trained_model,
     model_metadata,
@@ -34,6 +35,7 @@ __all__ = [
     "Trainer",
     "build_model",
     "cleanup_distributed",
+    "ema_warmup_avg_fn",
     "evaluate",
     "init_distributed",
     "load_trained_model",
