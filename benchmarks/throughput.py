@@ -101,6 +101,7 @@ def main():
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--compile-train", action="store_true", help="also time compiled training")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=os.path.join(common.RESULTS_DIR, "throughput"))
@@ -126,8 +127,10 @@ def main():
                 chans = pyg_vig.models.default_cfgs[name]["input_size"][0]
                 x = torch.randn(B, chans, args.size, args.size, device=device)
                 for path in paths:
-                    if path in ("dense_ref",) and mode == "train":
+                    if path == "dense_ref" and mode == "train":
                         continue  # official numerics is an inference aid
+                    if path == "compile" and mode == "train" and not args.compile_train:
+                        continue  # inductor's backward compile takes minutes on 2 cores
                     model = build(name, path, device)
                     try:
                         r = common.time_model(
