@@ -25,7 +25,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-__all__ = ["from_official", "checkpoint_filter_fn", "is_official_state_dict", "official_kwargs"]
+__all__ = ["from_official", "checkpoint_filter_fn", "check_state_dict_keys",
+           "is_official_state_dict", "official_kwargs"]
 
 _OPT_FIELDS = {
     "vig": {"k", "conv", "act", "norm", "bias", "n_blocks", "n_filters", "n_classes", "dropout",
@@ -102,11 +103,12 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: nn.Module) -> 
             if new in target and value.dim() == 4 and target[new].dim() == 2:
                 value = value.flatten(1)  # 1x1 conv (O, I, 1, 1) -> linear (O, I)
             out[new] = value
-    _check_keys(out, target)
+    check_state_dict_keys(out, target)
     return out
 
 
-def _check_keys(out: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> None:
+def check_state_dict_keys(out: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> None:
+    """Raise a :class:`ValueError` naming missing, unexpected and wrongly shaped keys."""
     missing = [k for k in target if k not in out]
     unexpected = [k for k in out if k not in target]
     wrong = [f"{k}: checkpoint {tuple(out[k].shape)} vs model {tuple(target[k].shape)}"

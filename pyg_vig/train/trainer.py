@@ -33,6 +33,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from pyg_vig.datasets import Mixup, build_transform, load_dataset
+from pyg_vig.models.official import check_state_dict_keys
 from pyg_vig.train.config import RUNTIME_FIELDS, ConfigError, TrainConfig
 from pyg_vig.train.distributed import DistInfo, ResumableSampler, init_distributed
 from pyg_vig.train.plots import confusion_matrix, plot_confusion_matrix, plot_training_curves
@@ -118,26 +119,13 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
 
 def _load_weights(model: nn.Module, state_dict: dict[str, Tensor], source: str) -> None:
     """``load_state_dict`` with one clear error line when architectures differ."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    mismatched = [
-        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state_dict and state_dict[k].shape != v.shape
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatch(es), e.g. {mismatched[0]}")
-        if missing:
-            parts.append(f"{len(missing)} missing key(s), e.g. {missing[0]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
+    try:
+        check_state_dict_keys(state_dict, model.state_dict())
+    except ValueError as e:
         raise ConfigError(
             f"checkpoint {source} does not fit this model (another architecture or class "
-            f"count?): {'; '.join(parts)}"
-        )
+            f"count?): {str(e).split('; ', 1)[-1]}"
+        ) from None
     model.load_state_dict(state_dict)
 
 

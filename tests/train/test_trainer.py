@@ -111,7 +111,7 @@ def test_checkpoint_of_another_architecture(tiny_idx, tmp_path):
     def wider(cfg):
         return StandInMLP(cfg.in_chans, cfg.num_classes, cfg.image_size, width=48)
 
-    with pytest.raises(ConfigError, match="does not fit this model .*shape mismatch"):
+    with pytest.raises(ConfigError, match="does not fit this model .*wrong shapes"):
         load_trained_model(run, model_fn=wider)
 
     def other_classes(cfg):
