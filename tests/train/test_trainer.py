@@ -117,7 +117,7 @@ def test_checkpoint_of_another_architecture(tiny_idx, tmp_path):
     def other_classes(cfg):
         return StandInMLP(cfg.in_chans, 5, cfg.image_size)
 
-    with pytest.raises(ConfigError, match=r"head.weight \(10, 32\) vs \(5, 32\)"):
+    with pytest.raises(ConfigError, match=r"head.weight: checkpoint \(10, 32\) vs model \(5, 32\)"):
         load_trained_model(run / "model.safetensors", model_fn=other_classes)
 
 
