@@ -10,11 +10,17 @@ from pathlib import Path
 
 from torch import nn
 
-__all__ = ["register_model", "create_model", "list_models", "default_cfgs", "resolve_name"]
+__all__ = ["register_model", "create_model", "list_models", "list_pretrained", "default_cfgs",
+           "generate_default_cfgs", "get_pretrained_cfg", "resolve_name"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _ALIASES: dict[str, str] = {}
+# canonical model name -> its default configuration (the first weight tag's, when it has weights)
 default_cfgs: dict[str, dict] = {}
+# 'arch.tag' (arch as written in generate_default_cfgs, e.g. 'pvig_s_224_gelu') -> configuration
+_TAGGED_CFGS: dict[str, dict] = {}
+# canonical model name -> (architecture name in the tagged configurations, its tags, default first)
+_MODEL_TAGS: dict[str, tuple[str, list[str]]] = {}
 
 # Friendly override names → constructor argument names (both spellings are accepted).
 _OVERRIDE_ALIASES = {
@@ -28,31 +34,86 @@ _OVERRIDE_ALIASES = {
 }
 
 
-def _cfg(**kwargs) -> dict:
-    cfg = dict(num_classes=1000, input_size=(3, 224, 224), pool_size=None, crop_pct=0.9,
+def _cfg(url: str = "", **kwargs) -> dict:
+    """A pretrained configuration with the ViG defaults (timm's ``_cfg``).
+
+    The official code evaluates ImageNet at 224 px with crop fraction 0.9 (0.95 for pvig_b),
+    bicubic resizing and mean = std = 0.5 (``default_cfgs`` of ``vig_pytorch/vig.py`` and
+    ``pyramid_vig.py``, read by timm's ``resolve_data_config`` in its ``train.py``). The released
+    weights come with the official code's Apache-2.0 licence.
+    """
+    cfg = dict(url=url, num_classes=1000, input_size=(3, 224, 224), pool_size=None, crop_pct=0.9,
                interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-               first_conv="stem.convs.0", classifier="head.out", license="mit")
+               first_conv="stem.convs.0", classifier="head.out", license="apache-2.0")
     cfg.update(kwargs)
     return cfg
 
 
+def generate_default_cfgs(cfgs: dict[str, dict]) -> dict[str, dict]:
+    """Register tagged pretrained configurations (``{'pvig_s_224_gelu.in1k': _cfg(...)}``).
+
+    The first tag given for an architecture is its default. Call it before the
+    :func:`register_model` of those architectures (their name or one of their aliases).
+    """
+    for full, cfg in cfgs.items():
+        arch, _, tag = full.partition(".")
+        if not tag:
+            raise ValueError(f"pretrained configuration {full!r} needs a tag: 'arch.tag'")
+        _TAGGED_CFGS[full] = dict(cfg, tag=tag)
+    return dict(cfgs)
+
+
+def _tags_of(names: Sequence[str]) -> tuple[str | None, list[str]]:
+    """The architecture name used in tagged configurations for ``names``, and its tags."""
+    for arch in names:
+        tags = [full.partition(".")[2] for full in _TAGGED_CFGS if full.partition(".")[0] == arch]
+        if tags:
+            return arch, tags
+    return None, []
+
+
 def register_model(name: str, cfg: dict | None = None, aliases: Sequence[str] = ()):
-    """Register a builder ``fn(**kwargs) -> nn.Module`` under ``name`` (and ``aliases``)."""
+    """Register a builder ``fn(**kwargs) -> nn.Module`` under ``name`` (and ``aliases``).
+
+    ``cfg`` overrides the defaults of :func:`_cfg` for a model without tagged weights; a model
+    whose name or alias appears in :func:`generate_default_cfgs` gets those configurations.
+    """
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _MODELS[name] = fn
-        default_cfgs[name] = _cfg(**(cfg or {}))
+        arch, tags = _tags_of([name, *aliases])
+        _MODEL_TAGS[name] = (arch or name, tags)
+        if tags:
+            default_cfgs[name] = dict(_TAGGED_CFGS[f"{arch}.{tags[0]}"], **(cfg or {}))
+        else:
+            default_cfgs[name] = _cfg(**{"license": "mit", **(cfg or {})})  # no weights
         for alias in aliases:
             _ALIASES[alias] = name
         return fn
     return deco
 
 
-def list_models(filter: str = "", include_aliases: bool = False) -> list[str]:
-    """Registered model names, optionally filtered by a shell-style pattern (``"pvig*"``)."""
+def list_models(filter: str = "", include_aliases: bool = False,
+                pretrained: bool = False) -> list[str]:
+    """Registered model names, optionally filtered by a shell-style pattern (``"pvig*"``).
+
+    ``pretrained=True`` keeps the models that have downloadable weights.
+    """
     names = list(_MODELS) + (list(_ALIASES) if include_aliases else [])
+    if pretrained:
+        names = [n for n in names if any(
+            _TAGGED_CFGS[f"{_MODEL_TAGS[resolve_name(n)][0]}.{t}"].get("url")
+            for t in _MODEL_TAGS[resolve_name(n)][1])]
     if filter:
         names = [n for n in names if fnmatch.fnmatch(n, filter)]
     return sorted(names)
+
+
+def list_pretrained(filter: str = "") -> list[str]:
+    """Every ``arch.tag`` with registered weights (``'pvig_s_224_gelu.in1k'``), optionally
+    filtered by a shell-style pattern.
+    """
+    names = [n for n, cfg in _TAGGED_CFGS.items() if cfg.get("url") or cfg.get("file")]
+    return sorted(n for n in names if not filter or fnmatch.fnmatch(n, filter))
 
 
 def resolve_name(name: str) -> str:
@@ -67,6 +128,30 @@ def resolve_name(name: str) -> str:
     return base
 
 
+def get_pretrained_cfg(name: str) -> dict:
+    """The pretrained configuration of ``name``: ``'pvig_s'``, ``'pvig_s.in1k'``,
+    ``'pvig_m_224_gelu.in21k'`` (a copy; the default tag when none is given).
+
+    Keys follow timm: ``url``, ``num_classes``, ``input_size``, ``crop_pct``,
+    ``interpolation``, ``mean``, ``std``, ``license``, plus ``architecture`` (our model name),
+    ``tag`` and ``name`` (``arch.tag``).
+    """
+    canonical = resolve_name(name)
+    tag = name.partition(".")[2] or None
+    arch, tags = _MODEL_TAGS[canonical]
+    if tag is None and tags:
+        tag = tags[0]
+    if tag is None:
+        cfg = dict(default_cfgs[canonical], tag=None, name=canonical)
+    elif tag in tags:
+        cfg = dict(_TAGGED_CFGS[f"{arch}.{tag}"], name=f"{arch}.{tag}")
+    else:
+        have = ", ".join(f"{arch}.{t}" for t in tags) or "none"
+        raise ValueError(f"unknown weight tag {tag!r} for {canonical}; registered: {have}")
+    cfg["architecture"] = canonical
+    return cfg
+
+
 def _normalise_overrides(builder: Callable, overrides: dict) -> dict:
     out = {}
     for key, value in overrides.items():
@@ -77,22 +162,32 @@ def _normalise_overrides(builder: Callable, overrides: dict) -> dict:
     return out
 
 
-def create_model(name: str, *, pretrained: bool = False, num_classes: int = 1000,
+def create_model(name: str, pretrained: bool = False, *, num_classes: int | None = None,
+                 pretrained_cfg: dict | None = None, pretrained_cfg_overlay: dict | None = None,
                  checkpoint: str | Path | None = None, features_only: bool = False,
                  out_indices: Sequence[int] | None = None, **overrides) -> nn.Module:
-    """Build a registered ViG model, optionally loading weights.
+    """Build a registered ViG model, optionally loading weights (timm's ``create_model``).
 
     .. code-block:: python
 
+        model = pyg_vig.create_model("pvig_s", pretrained=True)       # ImageNet-1k weights
         model = pyg_vig.create_model("pvig_s", num_classes=10, drop_path_rate=0.1, conv="edge")
         backbone = pyg_vig.create_model("pvig_s", features_only=True, out_indices=(0, 1, 2, 3))
 
     Args:
-        name (str): a name from :func:`list_models` or an official alias (``vig_ti_224_gelu``).
-        pretrained (bool): unsupported (no weights are downloaded); pass ``checkpoint=``.
-        num_classes (int): classifier size. (default: :obj:`1000`)
-        checkpoint (str or Path, optional): an official checkpoint (plain or wrapped under
-            ``model``/``state_dict``) or one of ours (``.safetensors`` or torch file).
+        name (str): a name from :func:`list_models` or an official alias (``vig_ti_224_gelu``),
+            optionally with a weight tag (``pvig_m_224_gelu.in21k``, see :func:`list_pretrained`).
+        pretrained (bool): download (once; then from the ``torch.hub`` cache) and load the
+            weights of the tag. (default: :obj:`False`)
+        num_classes (int, optional): classifier size; defaults to the configuration's
+            (1000 for the ImageNet models). With ``pretrained=True`` a different value keeps a
+            new, randomly initialised classifier (fine-tuning).
+        pretrained_cfg (dict, optional): replaces the registered configuration.
+        pretrained_cfg_overlay (dict, optional): updates it, e.g. ``dict(file="w.pth")`` (a
+            local file instead of the download) or ``dict(url=...)`` (another address).
+        checkpoint (str or Path, optional): a weights file loaded after construction: an
+            official checkpoint (plain or wrapped under ``model``/``state_dict``) or one of
+            ours (``.safetensors`` or torch file); it must fit exactly.
         features_only (bool): return a feature-pyramid backbone (pyramid models).
         out_indices (sequence of int, optional): stages returned with ``features_only``.
         **overrides: constructor arguments such as ``conv`` (``"mr"``, ``"edge"``, ``"gin"``,
@@ -101,12 +196,18 @@ def create_model(name: str, *, pretrained: bool = False, num_classes: int = 1000
             ``in_chans``, ``img_size``.
     """
     canonical = resolve_name(name)
-    if pretrained:
-        raise ValueError("pyg_vig downloads nothing: pass checkpoint=<path to the weights file>")
+    cfg = dict(pretrained_cfg) if pretrained_cfg is not None else get_pretrained_cfg(name)
+    cfg.setdefault("architecture", canonical)
+    if pretrained_cfg_overlay:
+        cfg.update(pretrained_cfg_overlay)
+        if "file" in pretrained_cfg_overlay or "url" in pretrained_cfg_overlay:
+            # the overlay names the source: drop the other one
+            cfg.pop("url" if "file" in pretrained_cfg_overlay else "file", None)
     builder = _MODELS[canonical]
     kwargs = _normalise_overrides(builder, overrides)
+    n_classes = cfg.get("num_classes", 1000) if num_classes is None else num_classes
     try:
-        model = builder(num_classes=num_classes, **kwargs)
+        model = builder(num_classes=n_classes, **kwargs)
     except TypeError as e:
         from pyg_vig.models.pyramid_vig import PyramidViG
         from pyg_vig.models.vig import ViG
@@ -115,8 +216,13 @@ def create_model(name: str, *, pretrained: bool = False, num_classes: int = 1000
         valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
         raise ValueError(f"bad override for {canonical!r} ({e}); valid arguments: "
                          f"{', '.join(valid)}") from None
-    model.pretrained_cfg = dict(default_cfgs[canonical], architecture=canonical)
+    model.pretrained_cfg = cfg
+    model.default_cfg = cfg  # timm's older name
     model.model_name = canonical
+    if pretrained:
+        from pyg_vig.hub import load_pretrained
+
+        load_pretrained(model, cfg, num_classes_given=num_classes is not None)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     if features_only:

@@ -15,6 +15,10 @@ official                             pyg_vig
 ``prediction.0`` / ``.1`` / ``.4``   ``head.fc`` / ``head.norm`` / ``head.out``
 ``backbone.<i>.0.relative_pos``      dropped: recomputed from the grid (frozen table)
 ===================================  ============================================
+
+A position embedding of another grid size (a 224 checkpoint loaded into a model built with
+``img_size=384``) is resampled bicubically, as the models do for other input sizes at run time.
+:func:`official_state_dict` is the inverse mapping (our weights in the official layout).
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ import re
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["from_official", "checkpoint_filter_fn", "check_state_dict_keys",
-           "is_official_state_dict", "official_kwargs"]
+__all__ = ["from_official", "checkpoint_filter_fn", "check_state_dict_keys", "convert_state_dict",
+           "is_official_state_dict", "official_kwargs", "official_state_dict",
+           "resample_pos_embed"]
 
 _OPT_FIELDS = {
     "vig": {"k", "conv", "act", "norm", "bias", "n_blocks", "n_filters", "n_classes", "dropout",
@@ -64,9 +70,17 @@ def _official_block_map(model: nn.Module) -> dict[int, str]:
 def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
     """Convert an official (or wrapped) state dict to this model's keys and shapes.
 
-    Our own state dicts pass through unchanged. Raises :class:`ValueError` naming the keys when
-    the result does not match ``model`` (missing, unexpected, or of the wrong shape).
+    Our own state dicts pass through unchanged (bar a position-embedding resize). Raises
+    :class:`ValueError` naming the keys when the result does not match ``model`` (missing,
+    unexpected, or of the wrong shape).
     """
+    out = convert_state_dict(state_dict, model)
+    check_state_dict_keys(out, model.state_dict())
+    return out
+
+
+def convert_state_dict(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """:func:`checkpoint_filter_fn` without the final key check (callers that drop keys)."""
     for wrapper in ("model", "state_dict", "state_dict_ema"):
         if wrapper in state_dict and isinstance(state_dict[wrapper], Mapping):
             state_dict = state_dict[wrapper]  # type: ignore[assignment]
@@ -103,7 +117,56 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: nn.Module) -> 
             if new in target and value.dim() == 4 and target[new].dim() == 2:
                 value = value.flatten(1)  # 1x1 conv (O, I, 1, 1) -> linear (O, I)
             out[new] = value
-    check_state_dict_keys(out, target)
+    pe, want = out.get("pos_embed"), target.get("pos_embed")
+    if (pe is not None and want is not None and pe.shape != want.shape and pe.dim() == 4
+            and pe.shape[:2] == want.shape[:2]):
+        out["pos_embed"] = resample_pos_embed(pe, tuple(want.shape[-2:]))
+    return out
+
+
+def resample_pos_embed(pos_embed: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resize a ``(1, C, H, W)`` position embedding to ``size`` (bicubic, no corner alignment).
+
+    The same interpolation the models apply at run time to inputs of another resolution, so a
+    224 checkpoint loaded into a model built for 320 gives the logits that the 224 model gives on
+    320 inputs.
+    """
+    if pos_embed.dim() != 4:
+        raise ValueError(f"pos_embed must be (1, C, H, W), got {tuple(pos_embed.shape)}")
+    if tuple(pos_embed.shape[-2:]) == tuple(size):
+        return pos_embed
+    dtype = pos_embed.dtype
+    out = F.interpolate(pos_embed.float(), size=size, mode="bicubic", align_corners=False)
+    return out.to(dtype)
+
+
+def official_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """Our model's weights in the layout of the official code (the inverse of
+    :func:`checkpoint_filter_fn`).
+
+    Linear weights become ``(O, I, 1, 1)`` convolutions again. The frozen ``relative_pos`` tables
+    of the pyramid models are left out: the official ``train.py`` loads with ``strict=False``
+    and builds them itself.
+    """
+    blocks = {prefix: i for i, prefix in _official_block_map(model).items()}
+    out: dict[str, Tensor] = {}
+    for key, value in model.state_dict().items():
+        new = key
+        m = re.match(r"((?:stages\.\d+\.)?(?:blocks\.\d+|downsample))\.(.*)$", key)
+        if m and m.group(1) in blocks:
+            idx, rest = blocks[m.group(1)], m.group(2)
+            if not m.group(1).endswith("downsample"):
+                rest = re.sub(r"^grapher\.graph_conv\.", "grapher.graph_conv.gconv.", rest)
+                rest = re.sub(r"^grapher\.", "0.", rest)
+                rest = re.sub(r"^ffn\.", "1.", rest)
+            new = f"backbone.{idx}.{rest}"
+        else:
+            new = re.sub(r"^head\.fc\.", "prediction.0.", new)
+            new = re.sub(r"^head\.norm\.", "prediction.1.", new)
+            new = re.sub(r"^head\.out\.", "prediction.4.", new)
+        if value.dim() == 2:
+            value = value[:, :, None, None]  # linear (O, I) -> 1x1 conv (O, I, 1, 1)
+        out[new] = value.detach().clone()
     return out
 
 

@@ -248,7 +248,22 @@ class PyramidViG(ViGBase):
 
 
 # ---------------------------------------------------------------------------- registry
-from pyg_vig.models._registry import register_model  # noqa: E402
+from pyg_vig.models._registry import _cfg, generate_default_cfgs, register_model  # noqa: E402
+
+# Release "pyramid-vig" of huawei-noah/Efficient-AI-Backbones; see docs/pretrained.md.
+_PVIG_RELEASE = "https://github.com/huawei-noah/Efficient-AI-Backbones/releases/download/pyramid-vig/"
+
+default_cfgs = generate_default_cfgs({
+    "pvig_ti_224_gelu.in1k": _cfg(url=_PVIG_RELEASE + "pvig_ti_78.5.pth.tar", top1=78.5),
+    "pvig_s_224_gelu.in1k": _cfg(url=_PVIG_RELEASE + "pvig_s_82.1.pth.tar", top1=82.1),
+    "pvig_m_224_gelu.in1k": _cfg(url=_PVIG_RELEASE + "pvig_m_83.1.pth.tar", top1=83.1),
+    # ImageNet-21k pre-training (90 epochs), meant for fine-tuning. The class count of its
+    # classifier is not documented upstream: 21841 (the full fall-2011 ImageNet-21k) is assumed,
+    # and a file with another count rebuilds the classifier to match (see docs/pretrained.md).
+    "pvig_m_224_gelu.in21k": _cfg(url=_PVIG_RELEASE + "pvig_m_im21k_90e.pth", num_classes=21841),
+    "pvig_b_224_gelu.in1k": _cfg(url=_PVIG_RELEASE + "pvig_b_83.66.pth.tar", crop_pct=0.95,
+                                 top1=83.66),
+})
 
 
 def _create_pvig(**kwargs) -> PyramidViG:
@@ -276,7 +291,7 @@ def pvig_m(**kwargs) -> PyramidViG:
                                **kwargs))
 
 
-@register_model("pvig_b", aliases=("pvig_b_224_gelu",), cfg=dict(crop_pct=0.95))
+@register_model("pvig_b", aliases=("pvig_b_224_gelu",))
 def pvig_b(**kwargs) -> PyramidViG:
     """Pyramid ViG-B (93.0M learnable parameters, 16.8 GMACs at 224²)."""
     return _create_pvig(**dict(dict(embed_dims=(128, 256, 512, 1024), depths=(2, 2, 18, 2)),
@@ -284,7 +299,7 @@ def pvig_b(**kwargs) -> PyramidViG:
 
 
 @register_model("pvig_mini", cfg=dict(input_size=(1, 28, 28), num_classes=10, mean=(0.5,),
-                                      std=(0.5,), crop_pct=1.0))
+                                      std=(0.5,), crop_pct=1.0, interpolation="bilinear"))
 def pvig_mini(**kwargs) -> PyramidViG:
     """A small 3-stage pyramid ViG for 28-64 px images (grids 14², 7², 4² at 28 px)."""
     defaults = dict(embed_dims=(32, 64, 128), depths=(2, 2, 2), reductions=(2, 1, 1),

@@ -177,7 +177,17 @@ def _make_graph(nodes: Tensor, layout: GridLayout, edges: list[Tensor],
 
 
 # ---------------------------------------------------------------------------- registry
-from pyg_vig.models._registry import register_model  # noqa: E402
+from pyg_vig.models._registry import _cfg, generate_default_cfgs, register_model  # noqa: E402
+
+# Release "vig" of huawei-noah/Efficient-AI-Backbones (the file names carry the accuracy measured
+# on the released weights; the paper's table says 73.9 / 80.4 / 82.3). See docs/pretrained.md.
+_VIG_RELEASE = "https://github.com/huawei-noah/Efficient-AI-Backbones/releases/download/vig/"
+
+default_cfgs = generate_default_cfgs({
+    "vig_ti_224_gelu.in1k": _cfg(url=_VIG_RELEASE + "vig_ti_74.5.pth", top1=74.5),
+    "vig_s_224_gelu.in1k": _cfg(url=_VIG_RELEASE + "vig_s_80.6.pth", top1=80.6),
+    "vig_b_224_gelu.in1k": _cfg(url=_VIG_RELEASE + "vig_b_82.6.pth", top1=82.6),
+})
 
 
 def _create_vig(**kwargs) -> ViG:
@@ -203,7 +213,7 @@ def vig_b(**kwargs) -> ViG:
 
 
 @register_model("vig_mini", cfg=dict(input_size=(1, 28, 28), num_classes=10, mean=(0.5,),
-                                     std=(0.5,), crop_pct=1.0))
+                                     std=(0.5,), crop_pct=1.0, interpolation="bilinear"))
 def vig_mini(**kwargs) -> ViG:
     """A small isotropic ViG for 28-64 px images (stride-4 stem: a 7x7 node grid at 28 px)."""
     defaults = dict(embed_dim=96, depth=6, k=9, stem_stride=4, img_size=28, in_chans=1,
