@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
 __all__ = ["GridLayout"]
@@ -35,52 +36,107 @@ class GridLayout:
         for h, w in sizes:
             if h <= 0 or w <= 0:
                 raise ValueError(f"grid sizes must be positive, got {(h, w)}")
-        self.sizes = sizes
         self.uniform = all(s == sizes[0] for s in sizes)
-        self.counts = [h * w for h, w in sizes]
-        self.ptr = [0]
-        for c in self.counts:
-            self.ptr.append(self.ptr[-1] + c)
+        self._num_graphs = len(sizes)
+        self._grid = sizes[0] if self.uniform else None
+        self._sizes: list[tuple[int, int]] | None = sizes
 
     @classmethod
     def uniform_grid(cls, batch_size: int, height: int, width: int) -> GridLayout:
-        r"""``batch_size`` graphs on the same :math:`H \times W` grid."""
-        return cls([(height, width)] * batch_size)
+        r"""``batch_size`` graphs on the same :math:`H \times W` grid.
+
+        ``batch_size`` may be a symbolic size (``torch.export`` with a dynamic batch): a uniform
+        layout never turns it into a Python list.
+        """
+        if height <= 0 or width <= 0:
+            raise ValueError(f"grid sizes must be positive, got {(height, width)}")
+        out = cls.__new__(cls)
+        out.uniform = True
+        out._num_graphs = batch_size
+        out._grid = (int(height), int(width))
+        out._sizes = None
+        return out
+
+    @property
+    def sizes(self) -> list[tuple[int, int]]:
+        """``(H, W)`` of every graph (for a uniform layout this fixes the batch size)."""
+        if self._sizes is None:
+            return [self._grid] * int(self._num_graphs)
+        return self._sizes
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The common ``(H, W)`` of a uniform layout."""
+        if not self.uniform:
+            raise ValueError(f"{self!r} has grids of several sizes")
+        return self._grid
+
+    @property
+    def counts(self) -> list[int]:
+        """Nodes per graph."""
+        return [h * w for h, w in self.sizes]
+
+    @property
+    def ptr(self) -> list[int]:
+        """Offsets of every graph's first node, plus the total (PyG's ``ptr``)."""
+        out = [0]
+        for c in self.counts:
+            out.append(out[-1] + c)
+        return out
 
     @property
     def num_graphs(self) -> int:
-        return len(self.sizes)
+        return self._num_graphs
 
     @property
     def num_nodes(self) -> int:
-        return self.ptr[-1]
+        if self.uniform:
+            return self._num_graphs * self._grid[0] * self._grid[1]
+        return sum(self.counts)
+
+    def distinct_sizes(self) -> list[tuple[int, int]]:
+        """The different grid sizes, in first-seen order."""
+        return [self._grid] if self.uniform else list(dict.fromkeys(self.sizes))
+
+    def size_pairs(self, other: GridLayout) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+        """Distinct ``(size here, size in other)`` pairs of corresponding graphs."""
+        if self.uniform and other.uniform:
+            return [(self._grid, other._grid)]
+        return list(dict.fromkeys(zip(self.sizes, other.sizes, strict=True)))
 
     def __repr__(self) -> str:
         if self.uniform:
-            return f"GridLayout({self.num_graphs} x {self.sizes[0]})"
+            return f"GridLayout({self.num_graphs} x {self._grid})"
         return f"GridLayout({self.sizes})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, GridLayout) and other.sizes == self.sizes
+        if not isinstance(other, GridLayout):
+            return False
+        if self.uniform and other.uniform:
+            return self._grid == other._grid and self.num_graphs == other.num_graphs
+        return other.sizes == self.sizes
 
     def __hash__(self) -> int:
-        return hash(tuple(self.sizes))
+        return hash((self._grid, self.num_graphs)) if self.uniform else hash(tuple(self.sizes))
 
     def batch(self, device: torch.device | str | None = None) -> Tensor:
         """The PyG ``batch`` vector assigning every node to its graph."""
         if self.uniform:
-            return torch.arange(self.num_graphs, device=device).repeat_interleave(self.counts[0])
+            n = self._grid[0] * self._grid[1]
+            return torch.arange(self.num_graphs, device=device).repeat_interleave(n)
         counts = torch.tensor(self.counts, device=device)
         return torch.arange(self.num_graphs, device=device).repeat_interleave(counts)
 
     def pos(self, device: torch.device | str | None = None) -> Tensor:
         """Integer ``(row, col)`` grid position of every node, ``[num_nodes, 2]``."""
-        out = []
-        for h, w in self.sizes:
+        def one(h: int, w: int) -> Tensor:
             rows = torch.arange(h, device=device).repeat_interleave(w)
             cols = torch.arange(w, device=device).repeat(h)
-            out.append(torch.stack([rows, cols], dim=1))
-        return torch.cat(out, dim=0)
+            return torch.stack([rows, cols], dim=1)
+
+        if self.uniform:
+            return one(*self._grid).repeat(self.num_graphs, 1)
+        return torch.cat([one(h, w) for h, w in self.sizes], dim=0)
 
     def groups(self) -> list[tuple[tuple[int, int], list[int]]]:
         """Graphs grouped by grid size: ``[((H, W), [graph indices]), ...]`` in first-seen order."""
@@ -93,13 +149,11 @@ class GridLayout:
     def to_images(self, x: Tensor) -> Tensor | list[Tensor]:
         """``[N, C]`` node features → ``(B, C, H, W)`` (uniform) or a list of ``(C, H_i, W_i)``."""
         self._check_nodes(x)
-        C = x.size(-1)
         if self.uniform:
-            H, W = self.sizes[0]
-            # (B*H*W, C) -> (B, C, H, W)
-            return x.view(self.num_graphs, H, W, C).permute(0, 3, 1, 2)
+            H, W = self._grid
+            return rearrange(x, "(b h w) c -> b c h w", h=H, w=W)  # a view, no copy
         return [
-            x[self.ptr[i] : self.ptr[i + 1]].view(h, w, C).permute(2, 0, 1)
+            rearrange(x[self.ptr[i] : self.ptr[i + 1]], "(h w) c -> c h w", h=h, w=w)
             for i, (h, w) in enumerate(self.sizes)
         ]
 
@@ -107,11 +161,10 @@ class GridLayout:
     def from_images(images: Tensor | Sequence[Tensor]) -> tuple[Tensor, GridLayout]:
         """``(B, C, H, W)`` or a list of ``(C, H_i, W_i)`` → ``[N, C]`` node features and layout."""
         if isinstance(images, Tensor):
-            B, C, H, W = images.shape
-            # (B, C, H, W) -> (B*H*W, C)
-            nodes = images.permute(0, 2, 3, 1).reshape(B * H * W, C)
+            B, _, H, W = images.shape
+            nodes = rearrange(images, "b c h w -> (b h w) c")
             return nodes, GridLayout.uniform_grid(B, H, W)
-        xs = [img.permute(1, 2, 0).reshape(-1, img.size(0)) for img in images]
+        xs = [rearrange(img, "c h w -> (h w) c") for img in images]
         return torch.cat(xs, dim=0), GridLayout([tuple(img.shape[-2:]) for img in images])
 
     def apply_grid_op(self, x: Tensor, fn) -> tuple[Tensor, GridLayout]:
@@ -136,7 +189,7 @@ class GridLayout:
         """Average-pool every grid with an ``r x r`` window and stride ``r`` (floor sizes)."""
         if r == 1:
             return x, self
-        for h, w in self.sizes:
+        for h, w in self.distinct_sizes():
             if h < r or w < r:
                 raise ValueError(
                     f"cannot pool a {h}x{w} grid with reduction ratio {r}: use a larger image "

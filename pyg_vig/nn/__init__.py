@@ -2,16 +2,25 @@
 
 from pyg_vig.nn.conv import CONVS, EdgeConv, GINConv, MRConv, SAGEConv
 from pyg_vig.nn.drop import DropPath
-from pyg_vig.nn.graph import LowRankBias, available_backends, knn_graph
-from pyg_vig.nn.grapher import FFN, Grapher, ViGBlock, grid_knn_graph
-from pyg_vig.nn.linear import MultiHeadLinear, MultiHeadUpdate, NodeLinear
-from pyg_vig.nn.numerics import official_numerics
+from pyg_vig.nn.graph import (
+    KNNEdgeIndex,
+    LowRankBias,
+    available_backends,
+    grid_knn_graph,
+    knn_graph,
+    neighbor_reduce,
+)
+from pyg_vig.nn.grapher import FFN, Grapher, ViGBlock
+from pyg_vig.nn.linear import MultiHeadLinear, MultiHeadUpdate
+from pyg_vig.nn.official import to_official_numerics
 
 __all__ = [
     "knn_graph",
     "grid_knn_graph",
     "available_backends",
+    "KNNEdgeIndex",
     "LowRankBias",
+    "neighbor_reduce",
     "MRConv",
     "EdgeConv",
     "GINConv",
@@ -19,8 +28,7 @@ __all__ = [
     "CONVS",
     "MultiHeadLinear",
     "MultiHeadUpdate",
-    "NodeLinear",
-    "official_numerics",
+    "to_official_numerics",
     "DropPath",
     "Grapher",
     "FFN",

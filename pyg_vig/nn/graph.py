@@ -2,40 +2,49 @@ r"""Dynamic dilated k-NN graphs over node features, the graph-construction step 
 
 This is the only module that decides which k-NN backend runs:
 
-* ``"dense"``: pure PyTorch. Batched matmul distances and :func:`torch.topk`, processed in
-  chunks of query rows so that memory stays bounded as the graphs grow. Works everywhere and
-  reproduces the official ViG graph exactly (same distance formula and evaluation order).
+* ``"dense"``: batched matmul distances, processed in chunks of query rows so that memory stays
+  bounded as the graphs grow, then an exact selection of the nearest keys: the compiled
+  :func:`pyg_vig.ops.knn_select` where it is built (CPU), :func:`torch.topk` elsewhere. The
+  distances are the official ViG formula in the official evaluation order.
+* ``"torch"``: the same distances with :func:`torch.topk` always (the pure-PyTorch reference).
 * ``"cluster"``: :func:`torch_cluster.knn` (KD-tree on CPU, brute force on CUDA).
 * ``"pyg"``: :func:`torch_geometric.nn.pool.knn`, which needs ``pyg-lib``.
 * ``"auto"``: the dense backend. ``benchmarks/graph_construction.py`` measures all of them at ViG
   sizes; on CPU the dense path wins by 8-14x, and it is the only one that handles an arbitrary
   (non-factorisable) positional bias.
+
+It is also the only module that decides how messages are reduced over these graphs
+(:func:`neighbor_reduce`): the compiled fused gather + segment reduction where it is built, a
+reshape for graphs known to be k-regular, PyG's scatter otherwise.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
-
-from pyg_vig.nn import numerics
+from torch_geometric import EdgeIndex
 
 __all__ = [
     "BACKENDS",
     "LowRankBias",
+    "KNNEdgeIndex",
     "available_backends",
     "resolve_backend",
     "knn_graph",
+    "grid_knn_graph",
     "knn_index",
     "select_ranks",
-    "index_to_edge_index",
+    "neighbor_reduce",
+    "to_target_sorted",
 ]
 
-BACKENDS = ("auto", "dense", "cluster", "pyg")
+BACKENDS = ("auto", "dense", "torch", "cluster", "pyg")
 
 # Upper bound for one chunk of the (B, n, m) distance matrix, in elements (256 MiB in fp32).
 _CHUNK_ELEMENTS = 1 << 26
@@ -71,8 +80,9 @@ BiasLike = Tensor | LowRankBias
 
 
 def available_backends() -> list[str]:
-    """Backends that can run in this environment (``"auto"`` and ``"dense"`` always can)."""
-    out = ["auto", "dense"]
+    """Backends that can run in this environment (``"auto"``, ``"dense"`` and ``"torch"``
+    always can)."""
+    out = ["auto", "dense", "torch"]
     if importlib.util.find_spec("torch_cluster") is not None:
         out.append("cluster")
     if _has_pyg_lib():
@@ -89,7 +99,7 @@ def _has_pyg_lib() -> bool:
         return False
 
 
-def resolve_backend(backend: str, bias: object = None) -> str:
+def resolve_backend(backend: str) -> str:
     """Validate ``backend`` and turn ``"auto"`` into a concrete backend name.
 
     Raises:
@@ -134,8 +144,14 @@ def select_ranks(
 
 
 # --------------------------------------------------------------------------- dense backend
-def _dense_topk(xq: Tensor, xk: Tensor, kd: int, bias: Tensor | LowRankBias | None) -> Tensor:
-    """``(B, n, C)``, ``(B, m, C)`` → ``(B, n, kd)`` nearest key indices, nearest first."""
+def _dense_topk(xq: Tensor, xk: Tensor, kd: int, bias: Tensor | LowRankBias | None,
+                compiled: bool) -> Tensor:
+    """``(B, n, C)``, ``(B, m, C)`` → ``(B, n, kd)`` nearest key indices, nearest first.
+
+    With ``compiled`` the selection runs in :func:`pyg_vig.ops.knn_select`, which evaluates the
+    same float32 distance formula in the same order and returns the indices ``torch.topk``
+    would; otherwise the distances are materialised chunk by chunk and ``torch.topk`` selects.
+    """
     B, n, _ = xq.shape
     m = xk.size(1)
     # The official code evaluates |x|^2 + (-2 x.y) + |y|^2 in this order; keeping it keeps
@@ -145,6 +161,9 @@ def _dense_topk(xq: Tensor, xk: Tensor, kd: int, bias: Tensor | LowRankBias | No
     out = []
     for s in range(0, n, rows):
         q = xq[:, s : s + rows]
+        if compiled:
+            out.append(_compiled_select(q, xk, xk_sq, bias, s, rows, kd))
+            continue
         # In place, so that one chunk is alive at a time; a + b == b + a exactly in IEEE
         # arithmetic, so this equals (|x|^2 + (-2 x.y)) + |y|^2 bit for bit.
         dist = torch.bmm(q, xk.transpose(1, 2)).mul_(-2)
@@ -155,6 +174,34 @@ def _dense_topk(xq: Tensor, xk: Tensor, kd: int, bias: Tensor | LowRankBias | No
             dist.add_(bias[s : s + rows].unsqueeze(0))
         out.append(torch.topk(dist.neg_(), kd, dim=-1).indices)
     return out[0] if len(out) == 1 else torch.cat(out, dim=1)
+
+
+def _compiled_select(q: Tensor, xk: Tensor, xk_sq: Tensor, bias: Tensor | LowRankBias | None,
+                     s: int, rows: int, kd: int) -> Tensor:
+    from pyg_vig import ops
+
+    dot = torch.bmm(q, xk.transpose(1, 2))
+    if isinstance(bias, LowRankBias):
+        b = -(bias.query[s : s + rows] @ bias.key.t())
+    else:
+        b = None if bias is None else bias[s : s + rows]
+    return ops.knn_select(dot, (q * q).sum(-1, keepdim=True), xk_sq, b, kd, impl="cpp")
+
+
+def _use_compiled_select(x: Tensor, backend: str) -> bool:
+    if backend != "dense" or x.device.type != "cpu" or x.dtype != torch.float32:
+        return False
+    if torch.compiler.is_compiling():
+        return False  # exported / compiled programs stay pure PyTorch (portable, ONNX-friendly)
+    return _ops_available()
+
+
+def _ops_available() -> bool:
+    try:
+        from pyg_vig import ops
+    except ImportError:
+        return False
+    return ops.available()
 
 
 # --------------------------------------------------------------------------- sparse backends
@@ -207,6 +254,7 @@ def _sparse_topk(xq: Tensor, xk: Tensor, kd: int, bias: LowRankBias | None, back
     return local.view(B, n, kd)
 
 
+
 # --------------------------------------------------------------------------- batched entry
 def knn_index(
     xq: Tensor,
@@ -231,29 +279,26 @@ def knn_index(
         stochastic (bool): random-subset dilation (see :func:`select_ranks`).
         epsilon (float): probability of the random subset when ``stochastic``.
         normalize (bool): L2-normalise features first (ViG does).
-        backend (str): ``"auto"``, ``"dense"``, ``"cluster"`` or ``"pyg"``.
+        backend (str): one of :data:`BACKENDS`.
 
     Returns:
         ``(B, n, k)`` local key indices, nearest first.
     """
-    backend = resolve_backend(backend, bias)
+    backend = resolve_backend(backend)
     with torch.no_grad():
-        if normalize and numerics.is_official():
-            xq = numerics.normalize_nodes(xq)
-            xk = xq if xk is None else numerics.normalize_nodes(xk)
-        elif normalize:
+        if normalize:
             xq = F.normalize(xq, p=2.0, dim=-1)
             xk = xq if xk is None else F.normalize(xk, p=2.0, dim=-1)
         elif xk is None:
             xk = xq
         kd = k * dilation
-        if backend == "dense":
+        if backend in ("dense", "torch"):
             if isinstance(bias, LowRankBias):
                 bias = LowRankBias(bias.query.to(xq.device, xq.dtype),
                                    bias.key.to(xq.device, xq.dtype))
             elif bias is not None:
                 bias = bias.to(device=xq.device, dtype=xq.dtype)
-            idx = _dense_topk(xq, xk, kd, bias)
+            idx = _dense_topk(xq, xk, kd, bias, _use_compiled_select(xq, backend))
         else:
             if bias is not None and not isinstance(bias, LowRankBias):
                 raise ValueError(
@@ -265,18 +310,122 @@ def knn_index(
         return select_ranks(idx, k, dilation, stochastic, epsilon)
 
 
-def index_to_edge_index(idx: Tensor, num_keys: int | None = None) -> Tensor:
-    """``(B, n, k)`` local key indices → ``[2, B*n*k]`` global ``edge_index`` sorted by target.
+# --------------------------------------------------------------------------- the graph type
+class KNNEdgeIndex(EdgeIndex):
+    r"""The :class:`torch_geometric.EdgeIndex` that :func:`knn_graph` returns.
 
-    Row 0 holds the source (key) node, row 1 the target (query) node, PyG's
-    ``source_to_target`` convention. ``num_keys`` is ``m``, the keys per graph (default ``n``).
+    Row 0 holds sources (keys), row 1 targets (queries); the edges are sorted by target and
+    every target has exactly :attr:`k` sources, nearest first. ``sparse_size`` is
+    ``(num_sources, num_targets)``. Graph convolutions use these guarantees to aggregate with a
+    reshape instead of a scatter. Any operation that changes the edges (masking, e.g.
+    :func:`torch_geometric.utils.dropout_edge`, concatenation, re-sorting) returns a plain
+    :class:`~torch_geometric.EdgeIndex` or tensor, so a pruned graph never claims to be
+    k-regular.
     """
-    B, n, k = idx.shape
-    m = n if num_keys is None else num_keys
-    offset = (torch.arange(B, device=idx.device) * m).view(B, 1, 1)
-    src = (idx + offset).reshape(-1)
-    dst = torch.arange(B * n, device=idx.device).repeat_interleave(k)
-    return torch.stack([src, dst], dim=0)
+
+    #: Sources per target (``None`` on tensors derived from a k-NN graph by another operation).
+    k: int | None = None
+
+    @classmethod
+    def from_sources(cls, src: Tensor, num_sources: int) -> KNNEdgeIndex:
+        """``[N, k]`` global source indices (row ``i``: the sources of target ``i``)."""
+        N, k = src.shape
+        # (N, k) -> [N*k]: target i repeated k times, the layout of src.view(-1)
+        dst = torch.arange(N, device=src.device).view(N, 1).expand(N, k).reshape(-1)
+        out = cls(torch.stack([src.reshape(-1), dst], dim=0),
+                  sparse_size=(num_sources, N), sort_order="col")
+        out.k = k
+        return out
+
+
+def regular_degree(edge_index: object) -> int | None:
+    """The ``k`` of a :class:`KNNEdgeIndex` that still holds its guarantees, else ``None``."""
+    if type(edge_index) is not KNNEdgeIndex or edge_index.k is None:
+        return None
+    if not edge_index.is_sorted_by_col or edge_index.size(1) != edge_index.k * (
+            edge_index.sparse_size(1) or 0):
+        return None
+    return edge_index.k
+
+
+def batched_sources(idx: Tensor, num_keys: int) -> Tensor:
+    """``(B, n, k)`` local key indices of equally sized graphs → ``[B*n, k]`` global ones
+    (keys of graph ``b`` are nodes ``b * num_keys ...``), for :meth:`KNNEdgeIndex.from_sources`."""
+    B = idx.size(0)
+    offset = torch.arange(B, device=idx.device).view(B, 1, 1) * num_keys
+    return rearrange(idx + offset, "b n k -> (b n) k")
+
+
+# --------------------------------------------------------------------------- grouped k-NN core
+@dataclass(frozen=True)
+class _Group:
+    """Graphs sharing a (targets, sources) size, hence one batched k-NN call."""
+
+    key: Hashable  # what the bias is looked up by
+    n: int
+    m: int
+    graphs: list[int]
+
+
+def _grouped_sources(x: Tensor, y: Tensor | None, k: int, *, num_graphs: int | None,
+                     ptr_x: Sequence[int] | None, ptr_y: Sequence[int] | None,
+                     keys: Sequence[Hashable] | Hashable,
+                     bias_for: Callable[[Hashable, int, int], BiasLike | None],
+                     **opts) -> Tensor:
+    """The one place where graphs are batched for k-NN → ``[N, k]`` global source indices.
+
+    Either ``num_graphs`` equally sized graphs (``ptr_x``/``ptr_y`` ``None``, ``keys`` the one
+    bias key; ``num_graphs`` may be symbolic under :func:`torch.export`), or per-graph node
+    offsets ``ptr_x``/``ptr_y`` and one bias key per graph; graphs with equal sizes and keys
+    are batched together.
+    """
+    src_feats = x if y is None else y
+    if ptr_x is None:
+        B = num_graphs
+        n, m = x.size(0) // B, src_feats.size(0) // B
+        # (B*n, C) -> (B, n, C)
+        xq = rearrange(x, "(b n) c -> b n c", b=B)
+        xk = None if y is None else rearrange(y, "(b m) c -> b m c", b=B)
+        idx = knn_index(xq, xk, k, bias=bias_for(keys, n, m), **opts)  # (B, n, k) local
+        return batched_sources(idx, m)
+
+    assert ptr_y is not None and not isinstance(keys, (str, tuple))
+    groups: dict[tuple, _Group] = {}
+    for g, key in enumerate(keys):
+        n, m = ptr_x[g + 1] - ptr_x[g], ptr_y[g + 1] - ptr_y[g]
+        groups.setdefault((key, n, m), _Group(key, n, m, [])).graphs.append(g)
+    src = torch.empty(x.size(0), k, dtype=torch.long, device=x.device)
+    for grp in groups.values():
+        if grp.n == 0:
+            continue
+        G = len(grp.graphs)
+        rows_x = torch.cat([torch.arange(ptr_x[g], ptr_x[g] + grp.n) for g in grp.graphs])
+        rows_x = rows_x.to(x.device)
+        xq = rearrange(x.index_select(0, rows_x), "(g n) c -> g n c", g=G)
+        xk = None
+        if y is not None:
+            rows_y = torch.cat([torch.arange(ptr_y[g], ptr_y[g] + grp.m) for g in grp.graphs])
+            xk = rearrange(y.index_select(0, rows_y.to(x.device)), "(g m) c -> g m c", g=G)
+        idx = knn_index(xq, xk, k, bias=bias_for(grp.key, grp.n, grp.m), **opts)  # (G, n, k)
+        start = torch.tensor([ptr_y[g] for g in grp.graphs], device=x.device).view(G, 1, 1)
+        src[rows_x] = rearrange(idx + start, "g n k -> (g n) k")
+    return src
+
+
+def _finish(src: Tensor, num_sources: int, flow: str) -> Tensor:
+    edge_index = KNNEdgeIndex.from_sources(src, num_sources)
+    if flow == "source_to_target":
+        return edge_index
+    # target_to_source: row 0 targets, row 1 sources (PyG's convention), sorted by row 0.
+    return EdgeIndex(edge_index.as_tensor().flip(0), sparse_size=(src.size(0), num_sources),
+                     sort_order="row")
+
+
+def _check_flow(flow: str) -> None:
+    if flow not in ("source_to_target", "target_to_source"):
+        raise ValueError(
+            f"flow must be 'source_to_target' or 'target_to_source', got {flow!r}"
+        )
 
 
 # --------------------------------------------------------------------------- public API
@@ -315,6 +464,13 @@ def _bias_for(bias: BiasLike | Mapping | None, n: int, m: int) -> BiasLike | Non
     return bias
 
 
+def _ptr(counts: Sequence[int]) -> list[int]:
+    out = [0]
+    for c in counts:
+        out.append(out[-1] + int(c))
+    return out
+
+
 def knn_graph(
     x: Tensor,
     k: int,
@@ -327,8 +483,9 @@ def knn_graph(
     stochastic: bool = False,
     epsilon: float = 0.2,
     normalize: bool = True,
+    flow: str = "source_to_target",
     backend: str = "auto",
-) -> Tensor:
+) -> KNNEdgeIndex | EdgeIndex:
     r"""Dynamic dilated k-NN graph of ViG (paper §3.1, "dilated aggregation" of §4).
 
     For every target node :math:`i` of ``x`` the ``k * dilation`` nearest source nodes :math:`j`
@@ -363,11 +520,14 @@ def knn_graph(
             ``module.training`` so it only happens in training. (default: :obj:`False`)
         epsilon (float, optional): probability of a random subset. (default: :obj:`0.2`)
         normalize (bool, optional): L2-normalise features. (default: :obj:`True`)
-        backend (str, optional): ``"auto"``, ``"dense"``, ``"cluster"`` or ``"pyg"``.
-            (default: :obj:`"auto"`)
+        flow (str, optional): ``"source_to_target"`` (row 0 sources, row 1 targets) or
+            ``"target_to_source"`` (the rows swapped), as in PyG. (default:
+            :obj:`"source_to_target"`)
+        backend (str, optional): one of :data:`BACKENDS`. (default: :obj:`"auto"`)
 
-    :rtype: :class:`torch.Tensor` ``[2, N * k]``: row 0 source, row 1 target, sorted by target,
-        exactly ``k`` edges per target.
+    :rtype: :class:`KNNEdgeIndex` ``[2, N * k]`` sorted by target, exactly ``k`` edges per
+        target, nearest first (for ``flow="target_to_source"`` a row-sorted
+        :class:`~torch_geometric.EdgeIndex` with the rows swapped).
     """
     if x.dim() != 2:
         raise ValueError(f"'x' must be a [N, C] node feature matrix, got shape {tuple(x.shape)}")
@@ -385,6 +545,7 @@ def knn_graph(
         raise ValueError("'batch_y' was given without source features 'y'")
     if int(k) < 1 or int(dilation) < 1:
         raise ValueError(f"k and dilation must be >= 1, got k={k}, dilation={dilation}")
+    _check_flow(flow)
     resolve_backend(backend)
 
     counts_x = _counts(batch, x.size(0), "batch")
@@ -394,42 +555,150 @@ def knn_graph(
             f"'batch' describes {len(counts_x)} graphs but 'batch_y' describes {len(counts_y)}"
         )
     kd = k * dilation
-    for g, (n, m) in enumerate(zip(counts_x, counts_y, strict=False)):
+    for g, (n, m) in enumerate(zip(counts_x, counts_y, strict=True)):
         if m < kd and n > 0:
             raise ValueError(
                 f"graph {g} has only {m} candidate source nodes but k * dilation = {k} * "
                 f"{dilation} = {kd}; lower k or the dilation, or use larger inputs"
             )
+    opts = dict(dilation=dilation, stochastic=stochastic, epsilon=epsilon, normalize=normalize,
+                backend=backend)
+    num_sources = x.size(0) if y is None else y.size(0)
+    uniform = len(set(counts_x)) <= 1 and len(set(counts_y)) <= 1
+    if uniform:
+        src = _grouped_sources(x, y, k, num_graphs=max(1, len(counts_x)), ptr_x=None,
+                               ptr_y=None, keys=None,
+                               bias_for=lambda _, n, m: _bias_for(bias, n, m), **opts)
+    else:
+        src = _grouped_sources(x, y, k, num_graphs=None, ptr_x=_ptr(counts_x),
+                               ptr_y=_ptr(counts_y), keys=[None] * len(counts_x),
+                               bias_for=lambda _, n, m: _bias_for(bias, n, m), **opts)
+    return _finish(src, num_sources, flow)
 
-    src_feats = x if y is None else y
-    opts = dict(
-        dilation=dilation, stochastic=stochastic, epsilon=epsilon, normalize=normalize,
-        backend=backend,
-    )
-    B = len(counts_x)
-    if all(c == counts_x[0] for c in counts_x) and all(c == counts_y[0] for c in counts_y):
-        n, m = counts_x[0], counts_y[0]
-        xq = x.view(B, n, -1)
-        xk = None if y is None else y.view(B, m, -1)
-        idx = knn_index(xq, xk, k, bias=_bias_for(bias, n, m), **opts)
-        return index_to_edge_index(idx, m)
 
-    # Graphs of different sizes: one batched k-NN per (n, m) group.
-    ptr_x = [0] + torch.tensor(counts_x).cumsum(0).tolist()
-    ptr_y = [0] + torch.tensor(counts_y).cumsum(0).tolist()
-    groups: dict[tuple[int, int], list[int]] = {}
-    for g, (n, m) in enumerate(zip(counts_x, counts_y, strict=False)):
-        groups.setdefault((n, m), []).append(g)
-    src = torch.empty(x.size(0), k, dtype=torch.long, device=x.device)
-    for (n, m), members in groups.items():
-        if n == 0:
-            continue
-        rows_x = torch.cat([torch.arange(ptr_x[g], ptr_x[g] + n) for g in members]).to(x.device)
-        rows_y = torch.cat([torch.arange(ptr_y[g], ptr_y[g] + m) for g in members]).to(x.device)
-        xq = x.index_select(0, rows_x).view(len(members), n, -1)
-        xk = None if y is None else src_feats.index_select(0, rows_y).view(len(members), m, -1)
-        idx = knn_index(xq, xk, k, bias=_bias_for(bias, n, m), **opts)  # (G, n, k)
-        start_y = torch.tensor([ptr_y[g] for g in members], device=x.device).view(-1, 1, 1)
-        src[rows_x] = (idx + start_y).view(-1, k)
-    dst = torch.arange(x.size(0), device=x.device).repeat_interleave(k)
-    return torch.stack([src.view(-1), dst], dim=0)
+def grid_knn_graph(
+    x: Tensor,
+    layout,
+    k: int,
+    *,
+    y: Tensor | None = None,
+    layout_y=None,
+    dilation: int = 1,
+    bias_fn: Callable[[tuple[int, int]], BiasLike | None] | None = None,
+    stochastic: bool = False,
+    epsilon: float = 0.2,
+    normalize: bool = True,
+    flow: str = "source_to_target",
+    backend: str = "auto",
+) -> KNNEdgeIndex | EdgeIndex:
+    r""":func:`knn_graph` for image grids (a :class:`~pyg_vig.data.GridLayout`).
+
+    Unlike :func:`knn_graph`, which only sees node counts, this knows each graph's
+    :math:`H \times W`, so the positional bias of a graph is built for its own grid
+    (``bias_fn((H, W))``). Graphs of equal size are processed as one batch; a uniform batch
+    needs no indexing and no device synchronisation, and its batch size may be symbolic
+    (:func:`torch.export` with a dynamic batch dimension).
+
+    Args:
+        x (Tensor): ``[N, C]`` node features in ``layout``'s order.
+        layout (GridLayout): grid size of every graph.
+        k (int): neighbours per target node.
+        y (Tensor, optional): ``[M, C]`` key features on ``layout_y`` (e.g. pooled nodes).
+        layout_y (GridLayout, optional): grid of the keys (default: ``layout``).
+        bias_fn (callable, optional): ``(H, W) -> bias`` of a query grid of that size.
+        Other arguments as in :func:`knn_graph`.
+    """
+    _check_flow(flow)
+    resolve_backend(backend)
+    if y is None:
+        layout_y = layout
+    if layout_y is None:
+        raise ValueError("pass 'layout_y', the grid of the key nodes 'y'")
+    kd = k * dilation
+    for (h, w), (hy, wy) in layout.size_pairs(layout_y):
+        if hy * wy < kd:
+            raise ValueError(
+                f"a {h}x{w} node grid with {hy}x{wy} key nodes has fewer candidates than "
+                f"k * dilation = {kd}; use a larger image or a smaller k / dilation"
+            )
+    opts = dict(dilation=dilation, stochastic=stochastic, epsilon=epsilon, normalize=normalize,
+                backend=backend)
+
+    def bias_for(size, n, m):
+        return None if bias_fn is None else bias_fn(size)
+
+    num_sources = x.size(0) if y is None else y.size(0)
+    if layout.uniform and layout_y.uniform:
+        src = _grouped_sources(x, y, k, num_graphs=layout.num_graphs, ptr_x=None, ptr_y=None,
+                               keys=layout.grid, bias_for=bias_for, **opts)
+    else:
+        src = _grouped_sources(x, y, k, num_graphs=None, ptr_x=layout.ptr, ptr_y=layout_y.ptr,
+                               keys=layout.sizes, bias_for=bias_for, **opts)
+    return _finish(src, num_sources, flow)
+
+
+# --------------------------------------------------------------------------- aggregation
+def to_target_sorted(adj: object, num_targets: int | None = None) -> EdgeIndex:
+    """A sparse adjacency (``torch.sparse`` or ``torch_sparse.SparseTensor``, given transposed
+    as PyG's ``adj_t``: rows are targets) or an :class:`~torch_geometric.EdgeIndex` → a
+    target-sorted :class:`~torch_geometric.EdgeIndex` ``[2, E]`` (row 0 sources).
+    """
+    if isinstance(adj, EdgeIndex):
+        return adj if adj.is_sorted_by_col else adj.sort_by("col")[0]
+    if isinstance(adj, Tensor) and adj.is_sparse or (
+            isinstance(adj, Tensor) and adj.layout in (torch.sparse_csr, torch.sparse_csc)):
+        coo = adj.to_sparse_coo().coalesce()  # rows sorted: targets
+        tgt, src = coo.indices()
+        size = (adj.size(1), adj.size(0))
+    else:  # torch_sparse.SparseTensor
+        tgt, src, _ = adj.coo()
+        size = (adj.size(1), adj.size(0))
+    return EdgeIndex(torch.stack([src, tgt], dim=0), sparse_size=size, sort_order="col")
+
+
+_REDUCE_DIM = {
+    "max": lambda t: t.amax(dim=1),
+    "min": lambda t: t.amin(dim=1),
+    "sum": lambda t: t.sum(dim=1),
+    "add": lambda t: t.sum(dim=1),
+    "mean": lambda t: t.mean(dim=1),
+}
+
+
+def reduce_regular(messages: Tensor, k: int, reduce: str) -> Tensor:
+    """Reduce ``[N*k, C]`` messages of a k-regular target-sorted graph → ``[N, C]``."""
+    # (N*k, C) -> (N, k, C) -> (N, C)
+    return _REDUCE_DIM[reduce](rearrange(messages, "(n k) c -> n k c", k=k))
+
+
+def neighbor_reduce(x: Tensor, edge_index: EdgeIndex, reduce: str, impl: str = "auto"
+                    ) -> Tensor:
+    r""":math:`\bigoplus_{j \in \mathcal{N}(i)} x_j` over a target-sorted graph → ``[N, C]``.
+
+    The result equals PyG's generic ``x.index_select(0, edge_index[0])`` followed by
+    ``scatter(..., edge_index[1], reduce=reduce)`` (empty neighbourhoods give 0), including
+    its gradient. ``impl``: ``"auto"`` (the compiled fused op on CPU where it is built, a reshape
+    for a :class:`KNNEdgeIndex`, else PyG's scatter), ``"torch"`` (never the compiled op).
+    """
+    if reduce not in _REDUCE_DIM:
+        raise ValueError(f"reduce must be one of {sorted(_REDUCE_DIM)}, got {reduce!r}")
+    reduce = "sum" if reduce == "add" else reduce
+    N = edge_index.sparse_size(1)
+    ei = edge_index.as_tensor()
+    if impl == "auto" and _use_compiled_reduce(x):
+        from pyg_vig import ops
+
+        return ops.gather_segment_reduce(x, ei[0], edge_index.get_indptr(), reduce, impl="cpp")
+    k = regular_degree(edge_index)
+    x_j = x.index_select(0, ei[0])
+    if k is not None:
+        return reduce_regular(x_j, k, reduce)
+    from torch_geometric.utils import scatter
+
+    return scatter(x_j, ei[1], 0, N, reduce=reduce)
+
+
+def _use_compiled_reduce(x: Tensor) -> bool:
+    if x.device.type != "cpu" or x.dtype != torch.float32 or torch.compiler.is_compiling():
+        return False
+    return _ops_available()

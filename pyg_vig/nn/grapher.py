@@ -9,22 +9,14 @@ import torch.nn as nn
 from torch import Tensor
 
 from pyg_vig.data.grid import GridLayout
-from pyg_vig.nn import numerics
-from pyg_vig.nn.conv import CONVS, EdgeConv, GINConv, MRConv, SAGEConv
+from pyg_vig.nn.conv import CONVS
 from pyg_vig.nn.drop import DropPath
-from pyg_vig.nn.graph import (
-    LowRankBias,
-    index_to_edge_index,
-    knn_graph,
-    knn_index,
-    resolve_backend,
-)
+from pyg_vig.nn.graph import LowRankBias, grid_knn_graph, knn_graph, resolve_backend
 from pyg_vig.nn.linear import LinearBN, get_act
 
-__all__ = ["Grapher", "FFN", "ViGBlock", "grid_knn_graph", "RELATIVE_POS_MODES"]
+__all__ = ["Grapher", "FFN", "ViGBlock", "RELATIVE_POS_MODES"]
 
 RELATIVE_POS_MODES = ("official", "geometric")
-_OUR_CONVS = (MRConv, EdgeConv, GINConv, SAGEConv)
 
 
 def _linear_bn(in_channels: int, out_channels: int, dd: dict) -> nn.Sequential:
@@ -32,76 +24,12 @@ def _linear_bn(in_channels: int, out_channels: int, dd: dict) -> nn.Sequential:
     return LinearBN(in_channels, out_channels, **dd)
 
 
-def grid_knn_graph(
-    x: Tensor,
-    layout: GridLayout,
-    k: int,
-    *,
-    y: Tensor | None = None,
-    layout_y: GridLayout | None = None,
-    dilation: int = 1,
-    bias_fn: Callable[[tuple[int, int]], Tensor | LowRankBias | None] | None = None,
-    stochastic: bool = False,
-    epsilon: float = 0.2,
-    backend: str = "auto",
-) -> Tensor:
-    r""":func:`~pyg_vig.nn.knn_graph` for image grids, grouping graphs by grid size.
-
-    Unlike :func:`knn_graph`, which only sees node counts, this knows each graph's
-    :math:`H \\times W`, so the positional bias of a graph is built for its own grid
-    (``bias_fn((H, W))``). Graphs of equal size are processed as one batch; a uniform batch
-    needs no indexing and no device synchronisation at all.
-    """
-    if y is None:
-        y, layout_y = x, layout
-    assert layout_y is not None
-    kd = k * dilation
-    for (h, w), (hy, wy) in zip(layout.sizes, layout_y.sizes, strict=False):
-        if hy * wy < kd:
-            raise ValueError(
-                f"a {h}x{w} node grid with {hy}x{wy} key nodes has fewer candidates than "
-                f"k * dilation = {kd}; use a larger image or a smaller k / dilation"
-            )
-    same = y is x
-    opts = dict(dilation=dilation, stochastic=stochastic, epsilon=epsilon, backend=backend)
-    if layout.uniform and layout_y.uniform:
-        B = layout.num_graphs
-        n, m = layout.counts[0], layout_y.counts[0]
-        xq = x.view(B, n, -1)
-        xk = None if same else y.view(B, m, -1)
-        bias = bias_fn(layout.sizes[0]) if bias_fn is not None else None
-        return index_to_edge_index(knn_index(xq, xk, k, bias=bias, **opts), m)
-
-    src = torch.empty(x.size(0), k, dtype=torch.long, device=x.device)
-    for size, members in layout.groups():
-        n = layout.counts[members[0]]
-        m = layout_y.counts[members[0]]
-        rows_x = torch.cat([torch.arange(layout.ptr[g], layout.ptr[g] + n) for g in members])
-        rows_y = torch.cat([torch.arange(layout_y.ptr[g], layout_y.ptr[g] + m) for g in members])
-        rows_x, rows_y = rows_x.to(x.device), rows_y.to(x.device)
-        xq = x.index_select(0, rows_x).view(len(members), n, -1)
-        xk = None if same else y.index_select(0, rows_y).view(len(members), m, -1)
-        bias = bias_fn(size) if bias_fn is not None else None
-        idx = knn_index(xq, xk, k, bias=bias, **opts)
-        start = torch.tensor([layout_y.ptr[g] for g in members], device=x.device).view(-1, 1, 1)
-        src[rows_x] = (idx + start).view(-1, k)
-    dst = torch.arange(x.size(0), device=x.device).repeat_interleave(k)
-    return torch.stack([src.view(-1), dst], dim=0)
-
-
-def _uniform_graph_count(x: Tensor, batch: Tensor | None, layout: GridLayout | None
-                         ) -> tuple[int, tuple[int, int] | None]:
-    if layout is not None:
-        if not layout.uniform:
-            raise ValueError("official_numerics() needs images of one size; run mixed sizes "
-                             "separately or without official numerics")
-        return layout.num_graphs, layout.sizes[0]
-    if batch is None:
-        return 1, None
-    counts = torch.bincount(batch)
-    if bool((counts != counts[0]).any()):
-        raise ValueError("official_numerics() needs graphs of equal size")
-    return counts.numel(), None
+def _graph_assignment(x: Tensor, batch: Tensor | None, layout: GridLayout | None,
+                      drop_path: DropPath, training: bool) -> tuple[Tensor | None, int | None]:
+    """``(batch, num_graphs)`` for per-graph stochastic depth (only built when it acts)."""
+    if layout is None or drop_path.p == 0 or not training:
+        return batch, None
+    return (layout.batch(x.device) if batch is None else batch), layout.num_graphs
 
 
 class Grapher(nn.Module):
@@ -135,6 +63,11 @@ class Grapher(nn.Module):
         epsilon (float, optional): its probability. (default: :obj:`0.2`)
         drop_path (float, optional): stochastic depth rate. (default: :obj:`0.`)
         backend (str, optional): k-NN backend. (default: :obj:`"auto"`)
+        fused (bool, optional): hand the convolution the :class:`~pyg_vig.nn.KNNEdgeIndex`
+            of the k-NN graph, so PyG may take the conv's fused ``message_and_aggregate``; with
+            :obj:`False` it gets a plain ``edge_index`` tensor and runs PyG's generic
+            message → aggregate path (same result, slower; for comparisons). (default:
+            :obj:`True`)
     """
 
     def __init__(self, channels: int, k: int = 9, dilation: int = 1,
@@ -142,7 +75,7 @@ class Grapher(nn.Module):
                  act: str | Callable | None = "gelu", norm: bool = True, bias: bool = True,
                  reduction: int = 1, relative_pos: str | None = None, stochastic: bool = False,
                  epsilon: float = 0.2, drop_path: float = 0.0, backend: str = "auto",
-                 device=None, dtype=None):
+                 fused: bool = True, device=None, dtype=None):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         if relative_pos is not None and relative_pos not in RELATIVE_POS_MODES:
@@ -153,6 +86,7 @@ class Grapher(nn.Module):
         self.channels, self.k, self.dilation = channels, int(k), int(dilation)
         self.reduction, self.relative_pos = int(reduction), relative_pos
         self.stochastic, self.epsilon, self.backend = stochastic, float(epsilon), backend
+        self.fused = bool(fused)
         self.fc1 = _linear_bn(channels, channels, dd)
         if isinstance(conv, str):
             if conv not in CONVS:
@@ -162,7 +96,6 @@ class Grapher(nn.Module):
                                           norm=norm, act=act)
         else:
             self.graph_conv = conv(channels, 2 * channels)
-        self._native = isinstance(self.graph_conv, _OUR_CONVS)
         self.fc2 = _linear_bn(2 * channels, channels, dd)
         self.drop_path = DropPath(drop_path)
         self._bias_cache: dict = {}
@@ -170,11 +103,17 @@ class Grapher(nn.Module):
     # ------------------------------------------------------------------ relative bias
     def relative_bias(self, size: tuple[int, int], device: torch.device, dtype: torch.dtype
                       ) -> Tensor | LowRankBias | None:
-        """The distance bias for a query grid of ``size`` (cached per grid, device and dtype)."""
+        """The distance bias for a query grid of ``size`` (cached per grid, device and dtype).
+
+        While :func:`torch.compile` or :func:`torch.export` traces, the table is built without
+        touching the cache: a traced program keeps it as a constant of its own, and no
+        trace-time tensor ever reaches the eager cache.
+        """
         if self.relative_pos is None:
             return None
         key = (size, device, dtype)
-        if key not in self._bias_cache:
+        tracing = torch.compiler.is_compiling()
+        if tracing or key not in self._bias_cache:
             from pyg_vig.nn import pos_embed
 
             h, w = size
@@ -187,6 +126,8 @@ class Grapher(nn.Module):
                 val = pos_embed.relative_position_bias(
                     h, w, self.channels, self.reduction, mode=self.relative_pos
                 ).to(device=device, dtype=dtype)
+            if tracing:
+                return val
             self._bias_cache[key] = val
         return self._bias_cache[key]
 
@@ -195,46 +136,47 @@ class Grapher(nn.Module):
         return super()._apply(fn, recurse)
 
     # ------------------------------------------------------------------ forward
-    def build_graph(self, x: Tensor, batch: Tensor | None = None,
-                    layout: GridLayout | None = None) -> tuple[Tensor, Tensor | None]:
-        """k-NN graph over ``x`` (the features after ``fc1``) → ``(edge_index, key features)``."""
-        stochastic = self.stochastic and self.training
+    def keys(self, x: Tensor, layout: GridLayout | None) -> tuple[Tensor | None, GridLayout | None]:
+        """The key (source) nodes: ``r x r`` average-pooled grids, or ``None`` (keys are ``x``)."""
         if layout is None:
             if self.reduction > 1 or self.relative_pos is not None:
                 raise ValueError(
                     "this Grapher uses key reduction or a relative positional bias, which need "
                     "the grid sizes: pass layout=GridLayout(...) (see pyg_vig.data)"
                 )
-            edge_index = knn_graph(x, self.k, batch, dilation=self.dilation,
-                                   stochastic=stochastic, epsilon=self.epsilon,
-                                   backend=self.backend)
-            return edge_index, None
-        y, layout_y = layout.avg_pool(x, self.reduction)
-        edge_index = grid_knn_graph(
-            x, layout, self.k, y=None if self.reduction == 1 else y, layout_y=layout_y,
-            dilation=self.dilation, stochastic=stochastic, epsilon=self.epsilon,
-            backend=self.backend,
-            bias_fn=lambda s: self.relative_bias(s, x.device, x.dtype),
-        )
-        return edge_index, (None if self.reduction == 1 else y)
+            return None, None
+        if self.reduction == 1:
+            return None, layout
+        return layout.avg_pool(x, self.reduction)
+
+    def graph(self, x: Tensor, batch: Tensor | None, layout: GridLayout | None,
+              y: Tensor | None, layout_y: GridLayout | None, normalize: bool = True) -> Tensor:
+        """The dilated k-NN graph from keys ``y`` (or ``x``) to the nodes ``x``."""
+        opts = dict(dilation=self.dilation, stochastic=self.stochastic and self.training,
+                    epsilon=self.epsilon, normalize=normalize, backend=self.backend)
+        if layout is None:
+            return knn_graph(x, self.k, batch, **opts)
+        return grid_knn_graph(x, layout, self.k, y=y, layout_y=layout_y,
+                              bias_fn=lambda s: self.relative_bias(s, x.device, x.dtype), **opts)
+
+    def build_graph(self, x: Tensor, batch: Tensor | None = None,
+                    layout: GridLayout | None = None) -> tuple[Tensor, Tensor | None]:
+        """k-NN graph over ``x`` (the features after ``fc1``) → ``(edge_index, key features)``."""
+        y, layout_y = self.keys(x, layout)
+        return self.graph(x, batch, layout, y, layout_y), y
 
     def forward(self, x: Tensor, batch: Tensor | None = None, layout: GridLayout | None = None,
                 return_edge_index: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Args: ``x`` ``[N, C]``; ``batch`` ``[N]`` or ``layout`` (grid sizes) for images."""
-        if numerics.is_official() and numerics.current_graphs() is None:
-            with numerics.graph_scope(*_uniform_graph_count(x, batch, layout)):
-                return self.forward(x, batch, layout, return_edge_index)
         shortcut = x
         x = self.fc1(x)
-        edge_index, y = self.build_graph(x, batch, layout)
-        if self._native:
-            x = self.graph_conv(x if y is None else (y, x), edge_index, k=self.k)
-        else:
-            x = self.graph_conv(x if y is None else (y, x), edge_index)
+        y, layout_y = self.keys(x, layout)
+        edge_index = self.graph(x, batch, layout, y, layout_y)
+        conv_graph = edge_index if self.fused else edge_index.as_tensor()
+        x = self.graph_conv(x if y is None else (y, x), conv_graph)
         x = self.fc2(x)
-        if batch is None and layout is not None and self.drop_path.p > 0 and self.training:
-            batch = layout.batch(x.device)
-        x = self.drop_path(x, batch, None if layout is None else layout.num_graphs) + shortcut
+        x = self.drop_path(x, *_graph_assignment(x, batch, layout, self.drop_path, self.training))
+        x = x + shortcut
         return (x, edge_index) if return_edge_index else x
 
     def extra_repr(self) -> str:
@@ -267,14 +209,10 @@ class FFN(nn.Module):
 
     def forward(self, x: Tensor, batch: Tensor | None = None, layout: GridLayout | None = None
                 ) -> Tensor:
-        if numerics.is_official() and numerics.current_graphs() is None:
-            with numerics.graph_scope(*_uniform_graph_count(x, batch, layout)):
-                return self.forward(x, batch, layout)
         shortcut = x
         x = self.fc2(self.act(self.fc1(x)))
-        if batch is None and layout is not None and self.drop_path.p > 0 and self.training:
-            batch = layout.batch(x.device)
-        return self.drop_path(x, batch, None if layout is None else layout.num_graphs) + shortcut
+        x = self.drop_path(x, *_graph_assignment(x, batch, layout, self.drop_path, self.training))
+        return x + shortcut
 
 
 class ViGBlock(nn.Module):

@@ -8,12 +8,11 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
-from pyg_vig.nn import numerics
-
-__all__ = ["NodeLinear", "LinearBN", "MultiHeadLinear", "MultiHeadUpdate", "get_act",
-           "ACTIVATIONS", "folded_linear_params"]
+__all__ = ["LinearBN", "MultiHeadLinear", "MultiHeadUpdate", "get_act", "ACTIVATIONS",
+           "folded_linear_params", "grouped_linear", "can_fold"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "gelu": nn.GELU,
@@ -36,29 +35,20 @@ def get_act(act: str | Callable[[], nn.Module] | None) -> nn.Module:
     return act()
 
 
-class NodeLinear(nn.Linear):
-    """:class:`torch.nn.Linear` on node features that honours :func:`official_numerics`."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        if numerics.is_official() and numerics.current_graphs() is not None:
-            return numerics.conv1x1_nodes(x, self.weight, self.bias, on_grid=True)
-        return super().forward(x)
-
-
 def grouped_linear(x: Tensor, weight: Tensor, bias: Tensor | None, heads: int) -> Tensor:
     """``x [..., C]`` times a grouped weight ``[O, C / heads]`` (head h: its own channel slice)."""
     if heads == 1:
         return F.linear(x, weight, bias)
-    *lead, C = x.shape
-    G, out_ch = heads, weight.size(0)
-    # (..., C) -> (G, M, C/G) @ (G, C/G, O/G) -> (M, G, O/G) -> (..., O)
-    xg = x.reshape(-1, G, C // G).transpose(0, 1)
-    w = weight.view(G, out_ch // G, C // G).transpose(1, 2)
+    lead = x.shape[:-1]
+    G = heads
+    xg = rearrange(x, "... (g c) -> g (...) c", g=G)  # (G, M, C/G)
+    w = rearrange(weight, "(g o) c -> g c o", g=G)  # (G, C/G, O/G)
     if bias is not None:
-        out = torch.baddbmm(bias.view(G, 1, out_ch // G), xg, w)
+        out = torch.baddbmm(rearrange(bias, "(g o) -> g 1 o", g=G), xg, w)
     else:
         out = torch.bmm(xg, w)
-    return out.transpose(0, 1).reshape(*lead, out_ch)
+    out = rearrange(out, "g m o -> m (g o)")  # (M, O)
+    return out.reshape(*lead, out.size(-1))
 
 
 def folded_linear_params(weight: Tensor, bias: Tensor | None, bn: nn.Module
@@ -71,14 +61,16 @@ def folded_linear_params(weight: Tensor, bias: Tensor | None, bn: nn.Module
     return w, b
 
 
-def _can_fold(seq: nn.Sequential) -> bool:
+def can_fold(seq: nn.Sequential) -> bool:
+    """Whether ``seq[1]``, a BatchNorm after the linear ``seq[0]``, can be folded into it now
+    (eval mode, running statistics tracked)."""
     bn = seq[1] if len(seq) > 1 else None
     return (not seq.training and isinstance(bn, nn.BatchNorm1d) and bn.track_running_stats
-            and bn.running_var is not None and not numerics.is_official())
+            and bn.running_var is not None)
 
 
 class LinearBN(nn.Sequential):
-    """:class:`NodeLinear` followed by ``BatchNorm1d`` (children ``0`` and ``1``).
+    """:class:`torch.nn.Linear` followed by ``BatchNorm1d`` (children ``0`` and ``1``).
 
     In eval mode the normalisation is folded into the linear map on the fly, so inference does
     one GEMM and no separate normalisation pass (same result up to float rounding).
@@ -86,11 +78,11 @@ class LinearBN(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int, device=None, dtype=None):
         dd = {"device": device, "dtype": dtype}
-        super().__init__(NodeLinear(in_channels, out_channels, **dd),
+        super().__init__(nn.Linear(in_channels, out_channels, **dd),
                          nn.BatchNorm1d(out_channels, **dd))
 
     def forward(self, x: Tensor) -> Tensor:
-        if _can_fold(self):
+        if can_fold(self):
             w, b = folded_linear_params(self[0].weight, self[0].bias, self[1])
             return F.linear(x, w, b)
         return super().forward(x)
@@ -131,8 +123,6 @@ class MultiHeadLinear(nn.Module):
             nn.init.zeros_(self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if numerics.is_official() and numerics.current_graphs() is not None:
-            return numerics.conv1x1_nodes(x, self.weight, self.bias, groups=self.heads)
         return grouped_linear(x, self.weight, self.bias, self.heads)
 
     def extra_repr(self) -> str:
@@ -159,15 +149,11 @@ class MultiHeadUpdate(nn.Sequential):
         self.in_channels, self.out_channels = in_channels, out_channels
 
     def forward(self, x: Tensor) -> Tensor:
-        if _can_fold(self):
+        if can_fold(self):
             lin = self[0]
             w, b = folded_linear_params(lin.weight, lin.bias, self[1])
             return self[2](grouped_linear(x, w, b, lin.heads))
-        if x.dim() > 2:  # per-edge inputs (N, k, C): BatchNorm1d wants (M, C)
-            if numerics.is_official() and numerics.current_graphs() is not None:
-                h = self[0](x)  # the official conv runs on (B, C, N, k)
-                rest = nn.Sequential(*list(self)[1:])
-                return rest(h.reshape(-1, h.size(-1))).view(*h.shape[:-1], -1)
+        if x.dim() > 2:  # e.g. per-edge inputs (N, k, C): BatchNorm1d wants (M, C)
             return super().forward(x.reshape(-1, x.size(-1))).view(*x.shape[:-1], -1)
         return super().forward(x)
 

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from torch import Tensor
+from torch_geometric import EdgeIndex
+from torch_geometric.nn import MessagePassing
 
-from pyg_vig.nn.linear import MultiHeadUpdate
+from pyg_vig.nn.graph import (  # noqa: F401 (to_target_sorted is re-exported for the convs)
+    neighbor_reduce,
+    reduce_regular,
+    regular_degree,
+    to_target_sorted,
+)
 
 
 def as_pair(x: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -15,54 +23,70 @@ def as_pair(x: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     return x[0], x[1]
 
 
-_FAST_PATH = True
+def for_propagate(conv: MessagePassing, edge_index: object) -> object:
+    """``edge_index`` as :meth:`~MessagePassing.propagate` should see it.
 
-
-def set_fast_path(enabled: bool) -> bool:
-    """Enable/disable the k-regular reshape aggregation (``False``: always PyG's scatter path).
-
-    Returns the previous setting. Used by the benchmarks to time the generic path.
+    PyG runs ``message_and_aggregate`` for a column-sorted :class:`~torch_geometric.EdgeIndex`
+    whenever ``aggr`` is a fusable string and the layer is not explaining. Our fused paths
+    assume the default ``flow`` and no per-message hooks or feature decomposition; for any other
+    setting the graph is handed over as a plain tensor, so PyG's generic message → aggregate
+    path runs and every option means what it means in PyG.
     """
-    global _FAST_PATH
-    prev, _FAST_PATH = _FAST_PATH, bool(enabled)
-    return prev
+    if not isinstance(edge_index, EdgeIndex):
+        return edge_index
+    generic = (
+        conv.flow != "source_to_target"
+        or conv.decomposed_layers != 1
+        or conv._message_forward_pre_hooks or conv._message_forward_hooks
+        or conv._aggregate_forward_pre_hooks or conv._aggregate_forward_hooks
+    )
+    return edge_index.as_tensor() if generic else edge_index
 
 
-def regular_degree(edge_index: object, num_dst: int, k: int | None = None) -> int | None:
-    """``k`` when ``edge_index`` lists exactly ``k`` sources per target, sorted by target.
+def aggr_channels(conv: MessagePassing, channels: int) -> int:
+    """Channels that ``conv``'s aggregation returns for ``channels`` input channels
+    (``len(aggr) * channels`` for a list of aggregations, which PyG concatenates)."""
+    get = getattr(conv.aggr_module, "get_out_channels", None)
+    return int(get(channels)) if get is not None else channels
 
-    That is the layout :func:`pyg_vig.nn.knn_graph` produces; the convolutions then aggregate by
-    a reshape instead of a scatter. A given ``k`` is trusted (no check, no device sync, so it
-    compiles cleanly); otherwise the layout is detected, outside of :func:`torch.compile` only.
-    """
-    if (not _FAST_PATH or not isinstance(edge_index, Tensor) or edge_index.layout != torch.strided
-            or edge_index.dim() != 2 or edge_index.size(0) != 2 or num_dst == 0):
-        return None  # sparse adjacency matrices take the generic propagate path
-    E = edge_index.size(1)
+
+def fused_reduce(conv: MessagePassing, x_src: Tensor, edge_index: EdgeIndex) -> Tensor:
+    """``aggr_j x_j`` over a target-sorted graph, for the fused paths."""
+    return neighbor_reduce(x_src, edge_index, conv.aggr)
+
+
+def reduce_messages(conv: MessagePassing, messages: Tensor, edge_index: EdgeIndex) -> Tensor:
+    """Reduce per-edge ``messages`` (in ``edge_index`` order) with ``conv.aggr`` → ``[N, C]``."""
+    k = regular_degree(edge_index)
     if k is not None:
-        if E != k * num_dst:
-            raise ValueError(
-                f"k={k} given but edge_index has {E} edges for {num_dst} targets (expected "
-                f"{k * num_dst}); drop the k hint for general graphs"
-            )
-        return k
-    if torch.compiler.is_compiling() or E % num_dst:
-        return None
-    deg = E // num_dst
-    expected = torch.arange(num_dst, device=edge_index.device).repeat_interleave(deg)
-    return deg if torch.equal(edge_index[1], expected) else None
+        return reduce_regular(messages, k, conv.aggr)
+    return conv.aggregate(messages, edge_index.as_tensor()[1], ptr=edge_index.get_indptr(),
+                          dim_size=edge_index.sparse_size(1))
 
 
-def gather_neighbors(x_src: Tensor, edge_index: Tensor, num_dst: int, k: int) -> Tensor:
-    """``(num_dst, k, C)`` source features of a k-regular, target-sorted ``edge_index``."""
-    return x_src.index_select(0, edge_index[0]).view(num_dst, k, x_src.size(-1))
+def relative_to_target(conv: MessagePassing, agg: Tensor, x_dst: Tensor, edge_index: EdgeIndex
+                       ) -> Tensor:
+    r""":math:`\bigoplus_j (x_j - x_i)` from :math:`\bigoplus_j x_j`.
+
+    Subtracting :math:`x_i` is monotone, so it commutes with max and min exactly; for mean it
+    commutes up to rounding and a sum loses :math:`\deg(i)\,x_i`. Targets without neighbours get
+    0, as in PyG's scatter.
+    """
+    k = regular_degree(edge_index)
+    if k is not None:
+        return agg - x_dst * k if conv.aggr in ("sum", "add") else agg - x_dst
+    deg = edge_index.get_indptr().diff().unsqueeze(-1).to(x_dst.dtype)  # (N, 1)
+    if conv.aggr in ("sum", "add"):
+        return agg - x_dst * deg
+    return (agg - x_dst) * (deg > 0)
+
+
+def interleave(x: Tensor, m: Tensor) -> Tensor:
+    """``[N, C]``, ``[N, C]`` → ``[N, 2C]`` with channels ``x_0, m_0, x_1, m_1, ...``."""
+    return rearrange(torch.stack([x, m], dim=-1), "n c two -> n (c two)")
 
 
 def update_repr(module, in_channels, out_channels, **extra) -> str:
     """``Name(in, out, heads=4, ...)`` as PyG convolutions print themselves."""
     parts = [str(in_channels), str(out_channels)] + [f"{k}={v}" for k, v in extra.items()]
     return f"{module.__class__.__name__}({', '.join(parts)})"
-
-
-def heads_of(update: MultiHeadUpdate) -> int:
-    return update[0].heads

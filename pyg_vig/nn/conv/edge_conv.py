@@ -5,13 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch_geometric.nn import MessagePassing
 from torch_geometric.typing import Adj, PairTensor
 
-from pyg_vig.nn import numerics
-from pyg_vig.nn.conv._utils import as_pair, gather_neighbors, regular_degree, update_repr
-from pyg_vig.nn.linear import MultiHeadUpdate, folded_linear_params, grouped_linear
+from pyg_vig.nn.conv._utils import (
+    as_pair,
+    for_propagate,
+    reduce_messages,
+    to_target_sorted,
+    update_repr,
+)
+from pyg_vig.nn.graph import reduce_regular, regular_degree
+from pyg_vig.nn.linear import MultiHeadUpdate, can_fold, folded_linear_params, grouped_linear
 
 
 class EdgeConv(MessagePassing):
@@ -40,6 +46,8 @@ class EdgeConv(MessagePassing):
         - **output:** node features :math:`(|\mathcal{V}_t|, F_{out})`
     """
 
+    SUPPORTS_FUSED_EDGE_INDEX = True
+
     def __init__(self, in_channels: int, out_channels: int, heads: int = 4, bias: bool = True,
                  norm: bool = True, act: str | Callable | None = "gelu", **kwargs):
         kwargs.setdefault("aggr", "max")
@@ -52,53 +60,50 @@ class EdgeConv(MessagePassing):
         super().reset_parameters()
         self.nn.reset_parameters()
 
-    def forward(self, x: Tensor | PairTensor, edge_index: Adj, k: int | None = None) -> Tensor:
-        """Args: ``k`` is an optional promise that ``edge_index`` is k-regular and target-sorted."""
-        x = as_pair(x)
-        x_src, x_dst = x
-        N = x_dst.size(0)
-        deg = regular_degree(edge_index, N, k)
-        if deg is None:
-            # propagate_type: (x: PairTensor)
-            return self.propagate(edge_index, x=x)
-        if self.heads % 2 == 0 and not numerics.is_official():
-            return self._decomposed(x_src, x_dst, edge_index, deg)
-        x_j = gather_neighbors(x_src, edge_index, N, deg)  # (N, k, C)
-        x_i = x_dst.unsqueeze(1).expand_as(x_j)
-        return self.nn(torch.cat([x_i, x_j - x_i], dim=-1)).amax(dim=1)
+    def forward(self, x: Tensor | PairTensor, edge_index: Adj) -> Tensor:
+        # propagate_type: (x: PairTensor)
+        return self.propagate(for_propagate(self, edge_index), x=as_pair(x))
 
-    def _decomposed(self, x_src: Tensor, x_dst: Tensor, edge_index: Tensor, k: int) -> Tensor:
+    def message_and_aggregate(self, edge_index: Adj, x: PairTensor) -> Tensor:
         r"""Per-node GEMMs instead of per-edge ones.
 
         With an even number of heads the first half of the heads reads only :math:`x_i` and the
-        second half only :math:`x_j - x_i`, and :math:`W(x_j - x_i) = Wx_j - Wx_i`. So both halves
-        are computed once per node and combined per edge, ``k`` times fewer multiply-adds.
+        second half only :math:`x_j - x_i`, and :math:`W(x_j - x_i) = Wx_j - Wx_i`. So both
+        halves are computed once per node and combined per edge, ``k`` times fewer multiply-adds.
         """
+        edge_index = to_target_sorted(edge_index)
+        x_src, x_dst = x
+        src, dst = edge_index.as_tensor()
         lin = self.nn[0]
-        N, half, G2 = x_dst.size(0), lin.out_channels // 2, lin.heads // 2
-        weight, bias = lin.weight, lin.bias
-        if len(self.nn) > 2 and not self.training and isinstance(self.nn[1], nn.BatchNorm1d):
-            weight, bias = folded_linear_params(weight, bias, self.nn[1])  # eval: BN folded
+        if lin.heads % 2:  # heads mix x_i and x_j - x_i: per-edge messages
+            msg = self.message(x_dst.index_select(0, dst), x_src.index_select(0, src))
+            return reduce_messages(self, msg, edge_index)
+        half, G2 = lin.out_channels // 2, lin.heads // 2
+        weight, bias, norm = lin.weight, lin.bias, (self.nn[1] if len(self.nn) > 2 else None)
+        if norm is not None and can_fold(self.nn):
+            weight, bias = folded_linear_params(weight, bias, norm)  # eval: BN folded
             norm = None
-        else:
-            norm = self.nn[1] if len(self.nn) > 2 else None
         act = self.nn[-1]
         b1 = None if bias is None else bias[:half]
         b2 = None if bias is None else bias[half:]
         a = grouped_linear(x_dst, weight[:half], b1, G2)  # (N, O/2): depends on x_i only
         v_src = grouped_linear(x_src, weight[half:], None, G2)
         v_dst = v_src if x_src is x_dst else grouped_linear(x_dst, weight[half:], None, G2)
-        rel = gather_neighbors(v_src, edge_index, N, k) - v_dst.unsqueeze(1)  # (N, k, O/2)
+        rel = v_src.index_select(0, src) - v_dst.index_select(0, dst)  # (E, O/2)
         if b2 is not None:
             rel = rel + b2
-        if norm is None:  # eval: the x_i half is the same on every edge, so its max is itself
-            return torch.cat([act(a), act(rel).amax(dim=1)], dim=-1)
-        # training: BatchNorm statistics over all edges, as in the per-edge computation
-        h = torch.cat([a.unsqueeze(1).expand(-1, k, -1), rel], dim=-1)
-        return act(norm(h.reshape(N * k, -1))).view(N, k, -1).amax(dim=1)
+        k = regular_degree(edge_index)
+        if norm is None and k is not None and self.aggr in ("max", "min", "mean"):
+            # Every target has k > 0 edges and the x_i half is the same on all of them.
+            return torch.cat([act(a), reduce_regular(act(rel), k, self.aggr)], dim=-1)
+        h = torch.cat([a.index_select(0, dst), rel], dim=-1)  # (E, O)
+        if norm is not None:  # training: BatchNorm statistics over all edges
+            h = norm(h)
+        return reduce_messages(self, act(h), edge_index)
 
     def message(self, x_i: Tensor, x_j: Tensor) -> Tensor:
         return self.nn(torch.cat([x_i, x_j - x_i], dim=-1))
 
     def __repr__(self) -> str:
-        return update_repr(self, self.in_channels, self.out_channels, heads=self.heads)
+        return update_repr(self, self.in_channels, self.out_channels, heads=self.heads,
+                           **({} if self.aggr == "max" else {"aggr": self.aggr}))

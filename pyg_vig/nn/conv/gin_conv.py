@@ -9,8 +9,14 @@ from torch import Tensor
 from torch_geometric.nn import MessagePassing
 from torch_geometric.typing import Adj, PairTensor
 
-from pyg_vig.nn import numerics
-from pyg_vig.nn.conv._utils import as_pair, gather_neighbors, regular_degree, update_repr
+from pyg_vig.nn.conv._utils import (
+    aggr_channels,
+    as_pair,
+    for_propagate,
+    fused_reduce,
+    to_target_sorted,
+    update_repr,
+)
 from pyg_vig.nn.linear import MultiHeadUpdate
 
 
@@ -43,11 +49,20 @@ class GINConv(MessagePassing):
         - **output:** node features :math:`(|\mathcal{V}_t|, F_{out})`
     """
 
+    SUPPORTS_FUSED_EDGE_INDEX = True
+
     def __init__(self, in_channels: int, out_channels: int, heads: int = 4, eps: float = 0.0,
                  train_eps: bool = True, bias: bool = True, norm: bool = True,
                  act: str | Callable | None = "gelu", **kwargs):
         kwargs.setdefault("aggr", "add")
         super().__init__(**kwargs)
+        if aggr_channels(self, in_channels) != in_channels:
+            raise ValueError(
+                f"GINConv adds the aggregated neighbours to (1 + eps) x_i, so its aggregation must "
+                f"keep the channel count; aggr={self.aggr!r} returns "
+                f"{aggr_channels(self, in_channels)} channels for {in_channels}. Use a single "
+                f"aggregation (e.g. 'add', 'mean', 'max') or MultiAggregation(mode='sum')"
+            )
         self.in_channels, self.out_channels, self.heads = in_channels, out_channels, heads
         self.initial_eps = eps
         self.nn = MultiHeadUpdate(in_channels, out_channels, heads, bias, norm, act)
@@ -62,27 +77,18 @@ class GINConv(MessagePassing):
         self.nn.reset_parameters()
         self.eps.data.fill_(self.initial_eps)
 
-    def forward(self, x: Tensor | PairTensor, edge_index: Adj, k: int | None = None) -> Tensor:
-        """Args: ``k`` is an optional promise that ``edge_index`` is k-regular and target-sorted."""
+    def forward(self, x: Tensor | PairTensor, edge_index: Adj) -> Tensor:
         x = as_pair(x)
-        x_src, x_dst = x
-        deg = regular_degree(edge_index, x_dst.size(0), k)
-        if deg is not None:
-            x_j = gather_neighbors(x_src, edge_index, x_dst.size(0), deg)  # (N, k, C)
-            B = numerics.current_graphs() if numerics.is_official() else None
-            if B is not None:  # the official code sums over k on a (B, C, N, k) tensor
-                n = x_j.size(0) // B
-                x_j = x_j.view(B, n, deg, -1).permute(0, 3, 1, 2).contiguous()
-                agg = x_j.sum(-1).permute(0, 2, 1).reshape(B * n, -1)
-            else:
-                agg = x_j.sum(dim=1)
-        else:
-            # propagate_type: (x: PairTensor)
-            agg = self.propagate(edge_index, x=x)
-        return self.nn((1 + self.eps) * x_dst + agg)
+        # propagate_type: (x: PairTensor)
+        agg = self.propagate(for_propagate(self, edge_index), x=x)
+        return self.nn((1 + self.eps) * x[1] + agg)
 
     def message(self, x_j: Tensor) -> Tensor:
         return x_j
 
+    def message_and_aggregate(self, edge_index: Adj, x: PairTensor) -> Tensor:
+        return fused_reduce(self, x[0], to_target_sorted(edge_index))
+
     def __repr__(self) -> str:
-        return update_repr(self, self.in_channels, self.out_channels, heads=self.heads)
+        return update_repr(self, self.in_channels, self.out_channels, heads=self.heads,
+                           **({} if self.aggr in ("add", "sum") else {"aggr": self.aggr}))

@@ -9,27 +9,17 @@ from torch import Tensor
 from torch_geometric.nn import MessagePassing
 from torch_geometric.typing import Adj, PairTensor
 
-from pyg_vig.nn.conv._utils import as_pair, gather_neighbors, regular_degree, update_repr
+from pyg_vig.nn.conv._utils import (
+    aggr_channels,
+    as_pair,
+    for_propagate,
+    fused_reduce,
+    interleave,
+    relative_to_target,
+    to_target_sorted,
+    update_repr,
+)
 from pyg_vig.nn.linear import MultiHeadUpdate
-
-
-def _max_neighbors(x_src: Tensor, edge_index: Tensor, num_dst: int, k: int) -> Tensor:
-    """``max_j x_j`` over the ``k`` sources of every target, ``[num_dst, C]``."""
-    if not (torch.is_grad_enabled() and x_src.requires_grad):
-        return gather_neighbors(x_src, edge_index, num_dst, k).amax(dim=1)
-    # Training: find the winning neighbour of every (node, channel) without autograd, then
-    # gather just those values. The backward pass is a scatter of num_dst * C values instead of
-    # the (num_dst, k, C) mask and scatter of a differentiable max over gathered features; as
-    # with torch.max(dim) in the official code, the gradient goes to one winner per channel.
-    with torch.no_grad():
-        x_j = gather_neighbors(x_src, edge_index, num_dst, k)  # (N, k, C)
-        hit = x_j == x_j.amax(dim=1, keepdim=True)
-        # First winning rank j as k - max_j(hit * (k - j)): amax over the middle axis is much
-        # faster than argmax there, and uint8 keeps the mask small.
-        weight = torch.arange(k, 0, -1, dtype=torch.uint8, device=x_j.device).view(1, k, 1)
-        arg = k - (hit * weight).amax(dim=1).long()  # (N, C)
-        winner = edge_index[0].view(num_dst, k).gather(1, arg)  # source node per channel
-    return x_src.gather(0, winner)
 
 
 class MRConv(MessagePassing):
@@ -45,8 +35,16 @@ class MRConv(MessagePassing):
 
     The input of the update interleaves node and aggregated channels, as the official ViG code
     does; with a multi-head (grouped) update, head :math:`h` therefore sees the pairs
-    :math:`(x_c, m_c)` of its own channel slice. Because :math:`\max_j(x_j - x_i) = \max_j x_j -
-    x_i`, the aggregation is a plain max over neighbours followed by one subtraction.
+    :math:`(x_c, m_c)` of its own channel slice. Any PyG aggregation can replace the max
+    (``aggr="mean"``, ``"sum"``, a list, an :class:`~torch_geometric.nn.aggr.Aggregation`); an
+    aggregation that returns more channels than it gets (a list) is concatenated after
+    :math:`x_i` instead of interleaved.
+
+    On a target-sorted :class:`~torch_geometric.EdgeIndex` (what :func:`~pyg_vig.nn.knn_graph`
+    returns) the default settings take a fused path: :math:`\max_j(x_j - x_i) = \max_j x_j -
+    x_i` exactly, so one fused gather-and-reduce and one subtraction replace the per-edge
+    messages. Explainers, hooks, ``flow="target_to_source"`` and non-fusable aggregations run
+    PyG's generic path.
 
     Args:
         in_channels (int): size of each input sample.
@@ -65,35 +63,38 @@ class MRConv(MessagePassing):
         - **output:** node features :math:`(|\mathcal{V}_t|, F_{out})`
     """
 
+    SUPPORTS_FUSED_EDGE_INDEX = True
+
     def __init__(self, in_channels: int, out_channels: int, heads: int = 4, bias: bool = True,
                  norm: bool = True, act: str | Callable | None = "gelu", **kwargs):
         kwargs.setdefault("aggr", "max")
         super().__init__(**kwargs)
         self.in_channels, self.out_channels, self.heads = in_channels, out_channels, heads
-        self.nn = MultiHeadUpdate(2 * in_channels, out_channels, heads, bias, norm, act)
+        self.aggr_channels = aggr_channels(self, in_channels)
+        self.nn = MultiHeadUpdate(in_channels + self.aggr_channels, out_channels, heads, bias,
+                                  norm, act)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
         self.nn.reset_parameters()
 
-    def forward(self, x: Tensor | PairTensor, edge_index: Adj, k: int | None = None) -> Tensor:
-        """Args: ``k`` is an optional promise that ``edge_index`` is k-regular and target-sorted."""
+    def forward(self, x: Tensor | PairTensor, edge_index: Adj) -> Tensor:
         x = as_pair(x)
-        x_src, x_dst = x
-        deg = regular_degree(edge_index, x_dst.size(0), k)
-        if deg is not None:
-            # max_j (x_j - x_i) = max_j x_j - x_i: one gather, one reduction, one subtraction.
-            m = _max_neighbors(x_src, edge_index, x_dst.size(0), deg) - x_dst
-        else:
-            # propagate_type: (x: PairTensor)
-            m = self.propagate(edge_index, x=x)
-        # (N, C), (N, C) -> (N, C, 2) -> (N, 2C): channels x_0, m_0, x_1, m_1, ...
-        h = torch.stack([x_dst, m], dim=-1).reshape(x_dst.size(0), 2 * self.in_channels)
-        return self.nn(h)
+        # propagate_type: (x: PairTensor)
+        m = self.propagate(for_propagate(self, edge_index), x=x)
+        if self.aggr_channels == self.in_channels:
+            return self.nn(interleave(x[1], m))  # x_0, m_0, x_1, m_1, ... as the official code
+        return self.nn(torch.cat([x[1], m], dim=-1))
 
     def message(self, x_i: Tensor, x_j: Tensor) -> Tensor:
         return x_j - x_i
 
+    def message_and_aggregate(self, edge_index: Adj, x: PairTensor) -> Tensor:
+        edge_index = to_target_sorted(edge_index)
+        agg = fused_reduce(self, x[0], edge_index)  # aggr_j x_j
+        return relative_to_target(self, agg, x[1], edge_index)
+
     def __repr__(self) -> str:
-        return update_repr(self, self.in_channels, self.out_channels, heads=self.heads)
+        return update_repr(self, self.in_channels, self.out_channels, heads=self.heads,
+                           **({} if self.aggr == "max" else {"aggr": self.aggr}))

@@ -9,8 +9,15 @@ from torch import Tensor
 from torch_geometric.nn import MessagePassing
 from torch_geometric.typing import Adj, PairTensor
 
-from pyg_vig.nn import numerics
-from pyg_vig.nn.conv._utils import as_pair, gather_neighbors, regular_degree, update_repr
+from pyg_vig.nn.conv._utils import (
+    aggr_channels,
+    as_pair,
+    for_propagate,
+    fused_reduce,
+    reduce_messages,
+    to_target_sorted,
+    update_repr,
+)
 from pyg_vig.nn.linear import MultiHeadUpdate
 
 
@@ -41,13 +48,16 @@ class SAGEConv(MessagePassing):
         - **output:** node features :math:`(|\mathcal{V}_t|, F_{out})`
     """
 
+    SUPPORTS_FUSED_EDGE_INDEX = True
+
     def __init__(self, in_channels: int, out_channels: int, heads: int = 4, bias: bool = True,
                  norm: bool = True, act: str | Callable | None = "gelu", **kwargs):
         kwargs.setdefault("aggr", "max")
         super().__init__(**kwargs)
         self.in_channels, self.out_channels, self.heads = in_channels, out_channels, heads
         self.nn1 = MultiHeadUpdate(in_channels, in_channels, heads, bias, norm, act)
-        self.nn2 = MultiHeadUpdate(2 * in_channels, out_channels, heads, bias, norm, act)
+        self.nn2 = MultiHeadUpdate(in_channels + aggr_channels(self, in_channels), out_channels,
+                                   heads, bias, norm, act)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -55,25 +65,24 @@ class SAGEConv(MessagePassing):
         self.nn1.reset_parameters()
         self.nn2.reset_parameters()
 
-    def forward(self, x: Tensor | PairTensor, edge_index: Adj, k: int | None = None) -> Tensor:
-        """Args: ``k`` is an optional promise that ``edge_index`` is k-regular and target-sorted."""
+    def forward(self, x: Tensor | PairTensor, edge_index: Adj) -> Tensor:
         x = as_pair(x)
-        x_src, x_dst = x
-        N = x_dst.size(0)
-        deg = regular_degree(edge_index, N, k)
-        if deg is None:
-            # propagate_type: (x: PairTensor)
-            m = self.propagate(edge_index, x=x)
-        elif self.training or numerics.is_official():
-            # Per edge, so that BatchNorm statistics are taken over edges as in the official code.
-            m = self.nn1(gather_neighbors(x_src, edge_index, N, deg)).amax(dim=1)
-        else:
-            # In eval the update is per node: transform each source once, then gather.
-            m = gather_neighbors(self.nn1(x_src), edge_index, N, deg).amax(dim=1)
-        return self.nn2(torch.cat([x_dst, m], dim=-1))
+        # propagate_type: (x: PairTensor)
+        m = self.propagate(for_propagate(self, edge_index), x=x)
+        return self.nn2(torch.cat([x[1], m], dim=-1))
 
     def message(self, x_j: Tensor) -> Tensor:
         return self.nn1(x_j)
 
+    def message_and_aggregate(self, edge_index: Adj, x: PairTensor) -> Tensor:
+        edge_index = to_target_sorted(edge_index)
+        if self.training:
+            # Per edge, so that BatchNorm statistics are taken over edges (official, generic).
+            x_j = x[0].index_select(0, edge_index.as_tensor()[0])
+            return reduce_messages(self, self.nn1(x_j), edge_index)
+        # Eval: nn1 acts on each node alone, so transform every source once, then reduce.
+        return fused_reduce(self, self.nn1(x[0]), edge_index)
+
     def __repr__(self) -> str:
-        return update_repr(self, self.in_channels, self.out_channels, heads=self.heads)
+        return update_repr(self, self.in_channels, self.out_channels, heads=self.heads,
+                           **({} if self.aggr == "max" else {"aggr": self.aggr}))
