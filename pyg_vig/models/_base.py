@@ -83,6 +83,13 @@ class ViGBase(nn.Module):
                 raise ValueError(
                     f"expected images of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}"
                 )
+            self._check_dtype(x)
+            if x.shape[1] != self.in_chans and x.shape[-1] == self.in_chans:
+                raise ValueError(
+                    f"got images of shape {tuple(x.shape)}, which looks like channels-last "
+                    f"(B, H, W, C) data; this model takes (B, C, H, W) = (B, {self.in_chans}, H, "
+                    "W): pass x.permute(0, 3, 1, 2)"
+                )
             images: list[Tensor] | Tensor = x
             shapes = [tuple(x.shape[1:])]
         elif isinstance(x, (list, tuple)) and len(x) > 0:
@@ -91,6 +98,12 @@ class ViGBase(nn.Module):
             for i, img in enumerate(images):
                 if not isinstance(img, Tensor) or img.dim() != 3:
                     raise ValueError(f"image {i} of the list must be a (C, H, W) tensor")
+                self._check_dtype(img)
+                if img.shape[0] != self.in_chans and img.shape[-1] == self.in_chans:
+                    raise ValueError(
+                        f"image {i} has shape {tuple(img.shape)}, which looks like channels-last "
+                        f"(H, W, C); this model takes (C, H, W): pass img.permute(2, 0, 1)"
+                    )
                 shapes.append(tuple(img.shape))
             if all(s == shapes[0] for s in shapes):
                 images = torch.stack(images, 0)  # one batched pass when sizes agree
@@ -106,6 +119,28 @@ class ViGBase(nn.Module):
                 )
             self._check_size(h, w)
         return images
+
+    def _check_dtype(self, x: Tensor) -> None:
+        """Floating images of the parameters' dtype (or any float under autocast)."""
+        want = self.pos_embed.dtype
+        if x.dtype == want:
+            return
+        cfg = getattr(self, "pretrained_cfg", None) or {}
+        mean, std = cfg.get("mean", (0.5,) * self.in_chans), cfg.get("std", (0.5,) * self.in_chans)
+        how = (f"normalised {want} images: x = (pixels / 255 - mean) / std with "
+               f"mean={tuple(mean)}, std={tuple(std)} "
+               "(pyg_vig.datasets.create_transform(model.pretrained_cfg) does this for files)")
+        if not x.is_floating_point():
+            raise TypeError(
+                f"got {x.dtype} images (values {int(x.min()) if x.numel() else 0}.."
+                f"{int(x.max()) if x.numel() else 0}); this model takes {how}"
+            )
+        if not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"got {x.dtype} images but the model's weights are {want}: pass "
+                f"x.to({want}), convert the model (model.to({x.dtype})), or run under "
+                f"torch.autocast('{x.device.type}'). The model takes {how}"
+            )
 
     def _check_size(self, h: int, w: int) -> None:
         raise NotImplementedError
