@@ -31,6 +31,18 @@ from pyg_vig.datasets.idx import (
     read_idx_split,
     write_idx,
 )
+from pyg_vig.datasets.preprocess import (
+    ImageFileDataset,
+    ImageTransform,
+    class_names,
+    collate_skip_unreadable,
+    create_transform,
+    imagenet_class_names,
+    imagenet_synsets,
+    resize_center_crop,
+    resolve_data_config,
+    scan_image_folder,
+)
 from pyg_vig.datasets.transforms import (
     Compose,
     Mixup,
@@ -49,7 +61,9 @@ __all__ = [
     "Compose",
     "IDXDataset",
     "IMAGE_EXTENSIONS",
+    "ImageFileDataset",
     "ImageFolder",
+    "ImageTransform",
     "Mixup",
     "Normalize",
     "RandomCrop",
@@ -58,13 +72,21 @@ __all__ = [
     "Resize",
     "TensorImageDataset",
     "build_transform",
+    "class_names",
+    "collate_skip_unreadable",
+    "create_transform",
     "embedded_path",
     "find_idx_files",
+    "imagenet_class_names",
+    "imagenet_synsets",
     "load_dataset",
     "load_image",
     "one_hot_smooth",
     "read_idx",
     "read_idx_split",
+    "resize_center_crop",
+    "resolve_data_config",
+    "scan_image_folder",
     "write_idx",
 ]
 
@@ -112,6 +134,8 @@ def load_dataset(
     image_size: int | tuple[int, int] | None = None,
     in_chans: int = 3,
     classes: list[str] | None = None,
+    crop_pct: float = 1.0,
+    interpolation: str = "bilinear",
 ) -> Dataset:
     """Load one split of a dataset by name or path.
 
@@ -132,6 +156,9 @@ def load_dataset(
         in_chans (int): channels for image folders, 1 or 3 (default: :obj:`3`).
         classes (list of str, optional): class names in label order; for image folders, the
             expected folders (pass the training set's ``classes`` when loading its test split).
+        crop_pct (float): image folders: centre-crop fraction after the aspect-preserving
+            resize to ``image_size`` (default: :obj:`1.0`).
+        interpolation (str): image folders: PIL resampling filter (default: :obj:`"bilinear"`).
 
     Raises:
         FileNotFoundError: the path (or a needed file in it) does not exist.
@@ -165,7 +192,9 @@ def load_dataset(
     root = path / split if (path / split).is_dir() else path
     if split == "test" and not (path / "test").is_dir() and (path / "val").is_dir():
         root = path / "val"
-    return ImageFolder(root, image_size or 32, in_chans, transform, classes)
+    return ImageFolder(
+        root, image_size or 32, in_chans, transform, classes, crop_pct, interpolation
+    )
 
 
 def build_transform(

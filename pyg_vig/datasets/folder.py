@@ -29,14 +29,23 @@ IMAGE_EXTENSIONS = (
 
 
 def load_image(
-    path: str | Path, in_chans: int = 3, size: int | tuple[int, int] | None = None
+    path: str | Path,
+    in_chans: int = 3,
+    size: int | tuple[int, int] | None = None,
+    crop_pct: float | None = 1.0,
+    interpolation: str = "bilinear",
 ) -> Tensor:
     """Decode an image file into a float tensor ``[in_chans, H, W]`` in ``[0, 1]``.
 
     Args:
         path (str or Path): image file.
         in_chans (int): 1 for grayscale, 3 for RGB (default: :obj:`3`).
-        size (int or (int, int), optional): resize to this ``(H, W)`` (bilinear, antialiased).
+        size (int or (int, int), optional): output ``(H, W)``. The aspect ratio is kept: the
+            image is scaled to cover ``size / crop_pct`` and centre-cropped
+            (:func:`~pyg_vig.datasets.preprocess.resize_center_crop`).
+        crop_pct (float, optional): centre-crop fraction (default: :obj:`1.0`); :obj:`None`
+            stretches the image to ``size`` instead.
+        interpolation (str): PIL resampling filter (default: :obj:`"bilinear"`).
 
     Raises:
         FileNotFoundError: when the file does not exist.
@@ -51,9 +60,13 @@ def load_image(
     try:
         with Image.open(path) as img:
             img = img.convert(mode)
-            if size is not None:
+            if size is not None and crop_pct is None:
                 h, w = (size, size) if isinstance(size, int) else size
                 img = img.resize((w, h), Image.Resampling.BILINEAR)
+            elif size is not None:
+                from pyg_vig.datasets.preprocess import resize_center_crop
+
+                img = resize_center_crop(img, size, crop_pct, interpolation)
             arr = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
@@ -70,8 +83,8 @@ class ImageFolder(Dataset):
 
     Every image is decoded once when the dataset is built, so a corrupt or unreadable file is found
     up front: it is skipped with a warning naming the file, and counted in :attr:`skipped`
-    (:attr:`skipped_files` lists them). Images are resized to ``image_size`` and kept in memory as
-    ``uint8``.
+    (:attr:`skipped_files` lists them). Images are resized to ``image_size``, keeping their aspect
+    ratio (centre crop of ``crop_pct``), and kept in memory as ``uint8``.
 
     Args:
         root (str or Path): the folder.
@@ -80,6 +93,9 @@ class ImageFolder(Dataset):
         transform (callable, optional): applied to each ``[C, H, W]`` float image.
         classes (list of str, optional): expected class names in label order; a folder
             missing from ``root`` is an error (used to match a test set to its training set).
+        crop_pct (float): centre-crop fraction after the aspect-preserving resize
+            (default: :obj:`1.0`).
+        interpolation (str): PIL resampling filter (default: :obj:`"bilinear"`).
     """
 
     def __init__(
@@ -89,6 +105,8 @@ class ImageFolder(Dataset):
         in_chans: int = 3,
         transform: Callable[[Tensor], Tensor] | None = None,
         classes: list[str] | None = None,
+        crop_pct: float = 1.0,
+        interpolation: str = "bilinear",
     ):
         root = Path(root)
         if not root.is_dir():
@@ -109,7 +127,7 @@ class ImageFolder(Dataset):
                 if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
                     continue
                 try:
-                    img = load_image(path, in_chans, image_size)
+                    img = load_image(path, in_chans, image_size, crop_pct, interpolation)
                 except ValueError as e:
                     warnings.warn(f"skipping unreadable image: {e}", stacklevel=2)
                     self.skipped_files.append(path)
