@@ -18,11 +18,13 @@ from pyg_vig.train.distributed import (
 from pyg_vig.train.trainer import (
     Trainer,
     build_model,
+    cosine_lr_factor,
     ema_warmup_avg_fn,
     evaluate,
     load_trained_model,
     model_metadata,
     resolve_amp,
+    soft_target_cross_entropy,
 )
 
 __all__ = [
@@ -35,10 +37,12 @@ __all__ = [
     "Trainer",
     "build_model",
     "cleanup_distributed",
+    "cosine_lr_factor",
     "ema_warmup_avg_fn",
     "evaluate",
     "init_distributed",
     "load_trained_model",
     "model_metadata",
     "resolve_amp",
+    "soft_target_cross_entropy",
 ]

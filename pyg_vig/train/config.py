@@ -30,6 +30,7 @@ class TrainConfig:
     # model
     model: str = "vig_mini"
     model_args: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = False  # start from the model's registered (ImageNet) weights
     drop_path: float = 0.1  # stochastic depth (Table 3: 0.1 for Ti/S/M)
     drop: float = 0.0
     # data

@@ -12,11 +12,14 @@ A run folder holds::
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
 import random
+import sys
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -42,11 +45,13 @@ from pyg_vig.utils.checkpoint import atomic_save, load_state_dict_file, save_saf
 __all__ = [
     "Trainer",
     "build_model",
+    "cosine_lr_factor",
     "ema_warmup_avg_fn",
     "evaluate",
     "load_trained_model",
     "model_metadata",
     "resolve_amp",
+    "soft_target_cross_entropy",
 ]
 
 STATE_FILE = "train_state.pt"
@@ -73,6 +78,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         raise ConfigError(f"unknown model '{cfg.model}' (available: {', '.join(names)})")
     return pyg_vig.create_model(
         cfg.model,
+        pretrained=cfg.pretrained,  # the head is new when the data have other classes
         num_classes=cfg.num_classes,
         in_chans=cfg.in_chans,
         drop_path_rate=cfg.drop_path,
@@ -149,7 +155,8 @@ def load_trained_model(
             "pyg_vig.create_model(name, checkpoint=...) instead"
         )
     cfg = TrainConfig.from_dict(json.loads(meta["config"]), str(path))
-    model = (model_fn or build_model)(cfg)
+    # the file holds every weight: no need to fetch the pretrained ones again
+    model = (model_fn or build_model)(dataclasses.replace(cfg, pretrained=False))
     _load_weights(model, state_dict, str(path))
     return model.to(device).eval(), cfg
 
@@ -203,6 +210,28 @@ def ema_warmup_avg_fn(decay: float) -> Callable:
                 e.copy_(p)
 
     return avg_fn
+
+
+def soft_target_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    """Mean of ``-sum_c target_c * log_softmax(logits)_c``: the loss for the soft targets of
+    :class:`~pyg_vig.datasets.Mixup`, which are already label-smoothed (timm's
+    ``SoftTargetCrossEntropy``; the official training uses it whenever mixup is on).
+    """
+    return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
+
+
+def cosine_lr_factor(step: int, total: int, warmup: int, min_ratio: float,
+                     warmup_start: float = 1e-3) -> float:
+    """Learning-rate multiplier at optimisation ``step``: linear warm-up from ``warmup_start``
+    over ``warmup`` steps, then a cosine from 1 down to ``min_ratio`` at ``total``.
+
+    A closed form, so a resumed run whose ``total`` grew (more epochs) continues on the new
+    curve from its current step.
+    """
+    if step < warmup:
+        return warmup_start + (1.0 - warmup_start) * step / warmup
+    t = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 def _rng_state() -> dict[str, Any]:
@@ -287,6 +316,7 @@ class Trainer:
         self.model_fn = model_fn or build_model
         self.dist: DistInfo = init_distributed(config.device)
         self._log = log or functools.partial(print, flush=True)
+        self.extend_from: int | None = None  # saved epoch count when --epochs grows on resume
         self._check_run_dir()
         if self.dist.distributed:  # every rank checks the folder before rank 0 writes to it
             dist.barrier()
@@ -306,10 +336,19 @@ class Trainer:
             diff = saved.differences(self.cfg)
             # data-derived fields left empty in the new config are taken from the saved one
             diff = {k: v for k, v in diff.items() if v[1] is not None}
+            # more epochs extend the run: the cosine schedule stretches to the new length
+            if "epochs" in diff and diff["epochs"][1] > diff["epochs"][0]:
+                self.extend_from = diff.pop("epochs")[0]
             if diff:
                 what = ", ".join(f"{k}: saved {a!r} vs given {b!r}" for k, (a, b) in diff.items())
-                raise ConfigError(f"resume folder {d} does not match the configuration ({what})")
+                hint = (" (fewer epochs than saved cannot be resumed)" if "epochs" in diff
+                        else "")
+                raise ConfigError(
+                    f"resume folder {d} does not match the configuration ({what}){hint}"
+                )
             runtime = {k: v for k, v in self.cfg.to_dict().items() if k in RUNTIME_FIELDS}
+            if self.extend_from is not None:
+                runtime["epochs"] = self.cfg.epochs
             self.cfg = TrainConfig.from_dict({**saved.to_dict(), **runtime})
         elif d.exists() and (not d.is_dir() or any(d.iterdir())):
             raise ConfigError(
@@ -317,10 +356,29 @@ class Trainer:
                 "it, or choose another --output"
             )
 
+    def _pretrained_data_cfg(self) -> dict | None:
+        """Size, crop and statistics the pretrained weights expect (``cfg.pretrained``)."""
+        if not self.cfg.pretrained:
+            return None
+        from pyg_vig.models._registry import get_pretrained_cfg
+
+        return get_pretrained_cfg(self.cfg.model)
+
     def _build_data(self) -> None:
         cfg = self.cfg
+        pcfg = self._pretrained_data_cfg()
+        if pcfg is not None:
+            # fine-tuning: the resolution and normalisation the weights were trained with
+            if cfg.image_size is None:
+                cfg.image_size = int(pcfg["input_size"][-1])
+            if cfg.mean is None or cfg.std is None:
+                c = cfg.in_chans or int(pcfg["input_size"][0])
+                m, sd = pcfg["mean"], pcfg["std"]
+                cfg.mean = list(m) if len(m) == c else [sum(m) / len(m)] * c
+                cfg.std = list(sd) if len(sd) == c else [sum(sd) / len(sd)] * c
+        folder_kw = dict(interpolation=pcfg["interpolation"]) if pcfg else {}
         train = load_dataset(
-            cfg.data, "train", image_size=cfg.image_size, in_chans=cfg.in_chans or 3
+            cfg.data, "train", image_size=cfg.image_size, in_chans=cfg.in_chans or 3, **folder_kw
         )
         if cfg.in_chans is None:
             cfg.in_chans = train.in_chans
@@ -337,6 +395,8 @@ class Trainer:
         train.transform = build_transform(
             True, cfg.image_size, cfg.mean, cfg.std, cfg.crop_padding, cfg.hflip, cfg.reprob, resize
         )
+        if pcfg is not None:  # image folders: the evaluation crop of the weights
+            folder_kw["crop_pct"] = float(pcfg["crop_pct"])
         test = load_dataset(
             cfg.data,
             "test",
@@ -344,6 +404,7 @@ class Trainer:
             image_size=cfg.image_size,
             in_chans=cfg.in_chans,
             classes=cfg.classes,
+            **folder_kw,
         )
         ws = self.dist.world_size
         if cfg.batch_size % ws:
@@ -371,28 +432,42 @@ class Trainer:
         )
         self.train_set, self.test_set = train, test
 
+    def warmup_epochs(self) -> float:
+        """``cfg.warmup_epochs``, clamped (with a warning) when it would fill the whole run."""
+        cfg = self.cfg
+        if cfg.warmup_epochs >= cfg.epochs > 0:
+            clamped = round(0.1 * cfg.epochs, 3)
+            msg = (f"--warmup-epochs {cfg.warmup_epochs:g} >= --epochs {cfg.epochs} would make "
+                   f"the whole run a warm-up; using {clamped:g} warm-up epochs (10% of the run)")
+            if self.dist.is_main:
+                warnings.warn(msg, UserWarning, stacklevel=2)
+                self.log(f"warning: {msg}")
+            return clamped
+        return cfg.warmup_epochs
+
     def _build_model(self) -> None:
         cfg, dev = self.cfg, self.dist.device
-        model = self.model_fn(cfg).to(dev)
+        # weights come from train_state.pt when resuming: no download
+        build_cfg = dataclasses.replace(cfg, pretrained=False) if self.resume else cfg
+        first = self.dist.distributed and build_cfg.pretrained
+        if first and not self.dist.is_main:
+            dist.barrier()  # rank 0 downloads the weights once, the others read its cache
+        model = self.model_fn(build_cfg).to(dev)
+        if first and self.dist.is_main:
+            dist.barrier()
         self.model = model
         self.optimizer = torch.optim.AdamW(
             _param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=dev.type == "cuda"
         )
         steps = self.sampler.steps_per_epoch
         total = cfg.epochs * steps
-        warmup = min(int(round(cfg.warmup_epochs * steps)), max(total - 1, 0))
-        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.optimizer, T_max=max(total - warmup, 1), eta_min=cfg.min_lr
+        warmup = min(int(round(self.warmup_epochs() * steps)), max(total - 1, 0))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            functools.partial(
+                cosine_lr_factor, total=total, warmup=warmup, min_ratio=cfg.min_lr / cfg.lr
+            ),
         )
-        if warmup > 0:
-            linear = torch.optim.lr_scheduler.LinearLR(
-                self.optimizer, start_factor=1e-3, end_factor=1.0, total_iters=warmup
-            )
-            self.scheduler = torch.optim.lr_scheduler.SequentialLR(
-                self.optimizer, [linear, cosine], milestones=[warmup]
-            )
-        else:
-            self.scheduler = cosine
         self.ema = None
         if cfg.ema:
             # EMA of parameters and buffers (BatchNorm statistics), as timm's ModelEmaV2
@@ -417,6 +492,8 @@ class Trainer:
             prob=cfg.mixup_prob,
             label_smoothing=cfg.label_smoothing,
         )
+        # Hard labels are smoothed by the loss; Mixup's soft targets are smoothed already, so
+        # they get a plain soft-target cross-entropy (smoothing once, as the official recipe).
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
     # ------------------------------------------------------------------ state
@@ -455,13 +532,21 @@ class Trainer:
         except Exception as e:
             raise ConfigError(f"cannot resume: {path} is unreadable ({type(e).__name__})") from None
         saved = TrainConfig.from_dict(state["config"], str(path))
-        if saved.differences(self.cfg):
+        ignore = RUNTIME_FIELDS | ({"epochs"} if self.extend_from is not None else set())
+        if saved.differences(self.cfg, ignore=frozenset(ignore)):
             raise ConfigError(f"cannot resume: {path} does not match {self.run_dir}/config.json")
         _load_weights(self.model, state["model"], str(path))
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        if "lr_lambdas" in state["scheduler"]:
+            self.scheduler.load_state_dict(state["scheduler"])
+        # the closed-form schedule needs only the step count (also for older train_state files)
+        self.scheduler.last_epoch = state["global_step"]
+        # the learning rate of this step on the (possibly stretched) schedule
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
+            group["lr"] = base * self.scheduler.lr_lambdas[0](state["global_step"])
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         self.scaler.load_state_dict(state["scaler"])
         self.global_step = state["global_step"]
         self.history = json.loads(state["history"])
@@ -504,6 +589,9 @@ class Trainer:
         )
         with autocast:
             logits = self.ddp_model(x)
+        if target.is_floating_point():  # soft (mixed, smoothed) targets
+            loss = soft_target_cross_entropy(logits.float(), target)
+        else:
             loss = self.criterion(logits.float(), target)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -538,6 +626,10 @@ class Trainer:
         if self.resume:
             start_epoch, start_step = self._load_state()
             self.log(f"resuming {self.run_dir} at epoch {start_epoch}, step {self.global_step}")
+            if self.extend_from is not None and self.dist.is_main:
+                self.log(f"extending the run from {self.extend_from} to {cfg.epochs} epochs "
+                         "(the cosine schedule stretches to the new length)")
+                atomic_save(cfg.to_json().encode(), self.run_dir / "config.json")
         elif self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_save(cfg.to_json().encode(), self.run_dir / "config.json")
@@ -553,18 +645,8 @@ class Trainer:
             self.ddp_model.train()
             loss_sum = correct = seen = 0.0
             t0 = time.perf_counter()
-            bar = None
-            if self.dist.is_main and cfg.progress:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(
-                    total=steps,
-                    initial=start_step,
-                    desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                    unit="step",
-                    dynamic_ncols=True,
-                    leave=False,
-                )
+            bar = self._progress_bar(epoch, steps, start_step)
+            every = max(1, steps // 10)  # plain progress lines when stderr is not a terminal
             for i, (x, y) in enumerate(self.train_loader, start=start_step):
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                 loss, n_correct = self._train_step(x, y)
@@ -573,14 +655,15 @@ class Trainer:
                 loss_sum += loss * len(y)
                 correct += n_correct
                 seen += len(y)
-                if bar is not None:
+                if cfg.progress and self.dist.is_main:
                     rate = seen * self.dist.world_size / max(time.perf_counter() - t0, 1e-9)
-                    bar.set_postfix(
-                        loss=f"{loss:.3f}",
-                        lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
-                        img_s=f"{rate:.0f}",
-                    )
-                    bar.update(1)
+                    lr = self.scheduler.get_last_lr()[0]
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
+                        bar.update(1)
+                    elif (i + 1) % every == 0 and i + 1 < steps:
+                        self.log(f"epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps} | "
+                                 f"loss {loss:.4f} | lr {lr:.2e} | {rate:.0f} img/s")
                 if cfg.checkpoint_every > 0 and self.global_step % cfg.checkpoint_every == 0:
                     if i + 1 < steps:  # the epoch-end checkpoint follows otherwise
                         self.save_state(epoch, i + 1)
@@ -611,6 +694,26 @@ class Trainer:
                     f"{row['img_per_s']:.0f} img/s | {epoch_time:.0f}s"
                 )
         return self._finish(time.perf_counter() - t_start)
+
+    def _progress_bar(self, epoch: int, steps: int, start_step: int):
+        """A tqdm bar on a terminal; ``None`` (periodic plain lines instead) when stderr is a
+        log file, a pipe or CI, where carriage-return updates would flood the output.
+        """
+        if not (self.dist.is_main and self.cfg.progress):
+            return None
+        isatty = getattr(sys.stderr, "isatty", None)
+        if not (callable(isatty) and isatty()):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(
+            total=steps,
+            initial=start_step,
+            desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+            unit="step",
+            dynamic_ncols=True,
+            leave=False,
+        )
 
     def _evaluate(self) -> tuple[float, float, Tensor, Tensor]:
         """Test loss/accuracy/predictions/targets of the final weights, over all ranks' shards."""

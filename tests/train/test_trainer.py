@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -5,15 +6,20 @@ import torch
 from safetensors import safe_open
 from stand_in import StandInMLP, stand_in_fn
 
+from pyg_vig.datasets import one_hot_smooth
 from pyg_vig.train import (
     ConfigError,
     ResumableSampler,
     TrainConfig,
     Trainer,
+    cosine_lr_factor,
     load_trained_model,
     resolve_amp,
+    soft_target_cross_entropy,
 )
 from pyg_vig.train.trainer import _param_groups
+
+TINY_VIG = {"embed_dim": 16, "depth": 2, "head_hidden": 32}
 
 
 def _cfg(data, **kw):
@@ -96,12 +102,101 @@ def test_resume_checks(tiny_idx, tmp_path):
         _fit(_cfg(tiny_idx, epochs=1, lr=1e-3), run, resume=True)
     with pytest.raises(ConfigError, match="no train_state.pt"):
         _fit(_cfg(tiny_idx), tmp_path / "elsewhere", resume=True)
-    # more epochs on a finished run is a different schedule: refused too
-    with pytest.raises(ConfigError, match="epochs: saved 1 vs given 3"):
-        _fit(_cfg(tiny_idx, epochs=3), run, resume=True)
     # same config: resuming a finished run just re-reports it
     summary = _fit(_cfg(tiny_idx, epochs=1, workers=0), run, resume=True)
     assert summary["global_step"] == 8
+
+
+def test_resume_with_more_epochs_extends_a_finished_run(tiny_idx, tmp_path):
+    run = tmp_path / "run"
+    _fit(_cfg(tiny_idx, epochs=1), run)
+    with pytest.raises(ConfigError, match="epochs: saved 1 vs given 0.*fewer epochs"):
+        _fit(_cfg(tiny_idx, epochs=0), run, resume=True)
+    lines = []
+    summary = Trainer(_cfg(tiny_idx, epochs=3), run, resume=True, model_fn=stand_in_fn,
+                      log=lines.append).fit()  # fmt: skip
+    assert summary["global_step"] == 24 and summary["epochs"] == 3
+    assert any("extending the run from 1 to 3 epochs" in ln for ln in lines)
+    assert json.loads((run / "config.json").read_text())["epochs"] == 3
+    rows = json.loads((run / "metrics.json").read_text())["epochs"]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    # epochs 2-3 follow the cosine of the 3-epoch run (warm-up 0.5 epochs = 4 steps)
+    for r in rows[1:]:
+        want = 5e-3 * cosine_lr_factor(r["step"], 24, 4, 1e-5 / 5e-3)
+        assert r["lr"] == pytest.approx(want, rel=1e-6)
+    assert rows[-1]["lr"] == pytest.approx(1e-5)
+
+
+def test_soft_target_cross_entropy_by_hand():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+    y = torch.tensor([0, 1])
+    soft = one_hot_smooth(y, 3, 0.1)  # 0.9 + 0.1/3 on the label, 0.1/3 elsewhere
+    log_p = logits - logits.exp().sum(1, keepdim=True).log()
+    by_hand = -(soft * log_p).sum(1).mean()
+    assert soft_target_cross_entropy(logits, soft).item() == pytest.approx(by_hand.item())
+    # = the loss's own smoothing for hard labels (smoothed once) ...
+    hard = torch.nn.CrossEntropyLoss(label_smoothing=0.1)(logits, y)
+    assert hard.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    # ... while smoothing the smoothed targets again (the old bug) is another number
+    twice = torch.nn.CrossEntropyLoss(label_smoothing=0.1)(logits, soft)
+    assert abs(twice.item() - by_hand.item()) > 1e-3
+
+
+def test_paper_recipe_real_vig_loss_is_smoothed_once(tiny_idx, tmp_path):
+    """The real Trainer and a real ViG, mixup + cutmix + label smoothing on: the step loss is
+    the soft-target cross-entropy of Mixup's (already smoothed) targets."""
+    cfg = _cfg(tiny_idx, model="vig_mini", model_args=TINY_VIG, epochs=1, mixup=0.8, cutmix=1.0,
+               label_smoothing=0.1, reprob=0.25, drop_path=0.1, amp="none")  # fmt: skip
+    trainer = Trainer(cfg, tmp_path / "run", log=lambda m: None)
+    trainer._build_data()
+    trainer._build_model()
+    trainer.global_step = 0
+    x, y = next(iter(trainer.train_loader))
+    ref = copy.deepcopy(trainer.model).train()
+    torch.manual_seed(7)
+    loss = trainer._train_step(x, y)[0]
+    torch.manual_seed(7)  # the same mixing and drop-path draws
+    xm, target = trainer.mixup(x, y)
+    with torch.no_grad():
+        logits = ref(xm)
+    assert target.shape == (32, 10) and torch.allclose(target.sum(1), torch.ones(32))
+    assert target.min() >= 0.1 / 10 - 1e-6  # smoothed by Mixup
+    by_hand = -(target * torch.log_softmax(logits, -1)).sum(-1).mean()
+    assert loss == pytest.approx(by_hand.item(), rel=1e-5)
+
+
+def test_paper_recipe_real_vig_fits(tiny_idx, tmp_path):
+    cfg = _cfg(tiny_idx, model="vig_mini", model_args=TINY_VIG, epochs=1, mixup=0.8, cutmix=1.0,
+               label_smoothing=0.1, reprob=0.25, drop_path=0.1)  # fmt: skip
+    summary = Trainer(cfg, tmp_path / "run", log=lambda m: None).fit()
+    assert summary["global_step"] == 8 and 0.0 <= summary["test_accuracy"] <= 1.0
+    model, _ = load_trained_model(tmp_path / "run")
+    assert type(model).__name__ == "ViG" and model.num_classes == 10
+
+
+def test_warmup_longer_than_the_run_is_clamped(tiny_idx, tmp_path):
+    lines = []
+    with pytest.warns(UserWarning, match="whole run a warm-up; using 0.2 warm-up epochs"):
+        Trainer(_cfg(tiny_idx, epochs=2, warmup_epochs=5), tmp_path / "run",
+                model_fn=stand_in_fn, log=lines.append).fit()  # fmt: skip
+    assert any(ln.startswith("warning: --warmup-epochs 5 >= --epochs 2") for ln in lines)
+    rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]
+    # 0.2 epochs = 2 warm-up steps of 16, then the cosine
+    assert rows[0]["lr"] == pytest.approx(5e-3 * cosine_lr_factor(8, 16, 2, 1e-5 / 5e-3))
+    assert rows[0]["lr"] > 2e-3 and rows[-1]["lr"] == pytest.approx(1e-5)
+    # the saved configuration keeps what was asked, so --resume with the same flags matches
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["warmup_epochs"] == 5
+
+
+def test_progress_without_a_terminal_prints_plain_lines(tiny_idx, tmp_path, capsys):
+    lines = []
+    Trainer(_cfg(tiny_idx, epochs=1, progress=True), tmp_path / "run", model_fn=stand_in_fn,
+            log=lines.append).fit()  # fmt: skip
+    out = capsys.readouterr()
+    assert "\r" not in out.err and "\r" not in out.out  # no tqdm redraws in a log file
+    steps = [ln for ln in lines if ln.startswith("epoch 1/1 step ")]
+    assert steps[0].startswith("epoch 1/1 step 1/8 | loss ") and len(steps) == 7
+    assert any(ln.startswith("epoch 1/1 | loss") for ln in lines)  # the epoch summary
 
 
 def test_checkpoint_of_another_architecture(tiny_idx, tmp_path):
