@@ -46,6 +46,7 @@ __all__ = [
     "time_fn",
     "time_interleaved",
     "peak_memory_mb",
+    "model_step",
     "time_model",
     "print_table",
     "write_csv",
@@ -260,6 +261,47 @@ def peak_memory_mb(fn: Callable[[], Any], device: torch.device | str = "cpu") ->
 
 
 # --------------------------------------------------------------------------- models
+def model_step(
+    model: torch.nn.Module,
+    batch: torch.Tensor,
+    mode: str = "eval",
+    *,
+    lr: float = 1e-4,
+    num_classes: int | None = None,
+) -> Callable[[], None]:
+    """One benchmark step of a classifier as a function without arguments.
+
+    ``mode="eval"``: ``model.eval()`` and a forward pass under :func:`torch.inference_mode`.
+    ``mode="train"``: ``model.train()`` and one full step, forward, cross-entropy on random labels,
+    backward and :class:`torch.optim.AdamW` (the official ViG recipe's optimizer; its state is
+    created by the first call).
+    """
+    if mode not in ("eval", "train"):
+        raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")
+    if mode == "eval":
+        model.eval()
+
+        def eval_step() -> None:
+            with torch.inference_mode():
+                model(batch)
+
+        return eval_step
+
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    num_classes = num_classes or getattr(model, "num_classes", None) or 1000
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randint(0, int(num_classes), (batch.size(0),), generator=gen).to(batch.device)
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(batch), target)
+        loss.backward()
+        optimizer.step()
+
+    return train_step
+
+
 def time_model(
     model: torch.nn.Module,
     batch: torch.Tensor,
@@ -272,11 +314,8 @@ def time_model(
 ) -> dict[str, float | str]:
     """Throughput and peak memory of a classifier, in evaluation or in training.
 
-    ``mode="eval"``: ``model.eval()`` and a forward pass under :func:`torch.inference_mode`.
-    ``mode="train"``: ``model.train()`` and one full step, forward, cross-entropy on random labels,
-    backward and :class:`torch.optim.AdamW` (the official ViG recipe's optimizer).
-
-    The same function times our models and the official ones, so the numbers compare directly.
+    The step is :func:`model_step`; the same function times our models and the official ones,
+    so the numbers compare directly.
 
     Args:
         model (torch.nn.Module): maps ``batch`` to ``(B, num_classes)`` logits.
@@ -293,37 +332,14 @@ def time_model(
         ``peak_mem_mb`` (extra memory of one step beyond the resident model, inputs and optimizer
         state, see :func:`peak_memory_mb`), ``mem_method`` and ``params_m`` (parameters, millions).
     """
-    if mode not in ("eval", "train"):
-        raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")
     device = batch.device
-    B = batch.size(0)
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
-
-    if mode == "eval":
-        model.eval()
-
-        def step() -> None:
-            with torch.inference_mode():
-                model(batch)
-
-    else:
-        model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-        num_classes = num_classes or getattr(model, "num_classes", None) or 1000
-        gen = torch.Generator().manual_seed(0)
-        target = torch.randint(0, int(num_classes), (B,), generator=gen).to(device)
-
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(model(batch), target)
-            loss.backward()
-            optimizer.step()
-
+    step = model_step(model, batch, mode, lr=lr, num_classes=num_classes)
     timing = time_fn(step, warmup=warmup, repeat=steps, device=device)
     mem, method = peak_memory_mb(step, device)
     step_ms = timing["median_ms"]
     return {
-        "img_s": B / (step_ms / 1e3),
+        "img_s": batch.size(0) / (step_ms / 1e3),
         "step_ms": step_ms,
         "peak_mem_mb": mem,
         "mem_method": method,
