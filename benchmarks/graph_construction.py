@@ -1,10 +1,14 @@
 """Time and peak memory of ViG's dynamic k-NN graph construction, per backend.
 
-Measures :func:`pyg_vig.nn.knn_graph` with ``backend`` = ``dense`` (batched matmul + topk in
-chunks), ``cluster`` (``torch_cluster.knn``), ``pyg`` (pyg-lib) and ``auto``, on batches of
-equally sized graphs. The full cartesian product of the axes is far too slow on a small CPU, so
-the sweeps vary one axis at a time around the ViG defaults and then run the graphs that the
-ViG models actually build:
+Measures :func:`pyg_vig.nn.knn_graph` with every backend name in
+``pyg_vig.nn.graph.BACKENDS`` (for example ``dense``, the chunked matmul distances with the
+library's exact selection; ``torch``, the same distances with :func:`torch.topk`; ``cluster``,
+``torch_cluster.knn``; ``pyg``, pyg-lib; and ``auto``), on batches of equally sized graphs.
+Backends that cannot run here are listed with the reason. A new backend added to ``BACKENDS``
+is measured without any change here.
+
+The full cartesian product of the axes is far too slow on a small CPU, so the sweeps vary one
+axis at a time around the ViG defaults and then run the graphs that the ViG models build:
 
 * ``N``: nodes per graph 49 … 3136 (C=192, k=9, d=1, no bias) at batch 1 and 16 (the plot);
 * ``C``, ``k``, ``dilation``: around N=196, C=192, k=9, d=1, batch 16;
@@ -19,10 +23,13 @@ ViG models actually build:
 
 For every point the script reports the median time and the extra peak memory of each backend
 (see ``benchmarks/common.py`` for what the memory number measures), the fastest concrete
-backend, and whether ``auto`` is within 10% of it.
+backend, whether ``auto`` is within 10% of it, and for every backend the fraction of its edges
+equal to those of the reference backend (``torch`` when it exists, else ``dense``): exact
+selections give 1.0.
 
     python benchmarks/graph_construction.py           # full run (a few minutes on 2 cores)
     python benchmarks/graph_construction.py --quick   # about a minute, smaller sweep
+    python benchmarks/graph_construction.py --device cuda   # writes *_cuda.csv / .png
 """
 
 from __future__ import annotations
@@ -55,7 +62,9 @@ from pyg_vig.nn.pos_embed import (  # noqa: E402
     relative_position_factors,
 )
 
-CONCRETE = ("dense", "cluster", "pyg")
+CONCRETE = tuple(b for b in graph.BACKENDS if b != "auto")
+REFERENCE = "torch" if "torch" in CONCRETE else "dense"  # the edges every backend is compared to
+SPARSE = ("cluster", "pyg")  # KD-tree / pyg-lib: no dense bias table, slow at large batches
 
 
 @dataclass(frozen=True)
@@ -119,30 +128,33 @@ def _unique(pts: list[Point]) -> list[Point]:
     return out
 
 
-def make_inputs(p: Point, gen: torch.Generator) -> dict:
-    x = torch.randn(p.B * p.n, p.C, generator=gen)
-    kw: dict = dict(batch=torch.arange(p.B).repeat_interleave(p.n), dilation=p.d)
+def make_inputs(p: Point, gen: torch.Generator, device: torch.device) -> dict:
+    x = torch.randn(p.B * p.n, p.C, generator=gen).to(device)
+    kw: dict = dict(batch=torch.arange(p.B, device=device).repeat_interleave(p.n), dilation=p.d)
     if p.r > 1:
-        kw["y"] = torch.randn(p.B * p.m, p.C, generator=gen)
-        kw["batch_y"] = torch.arange(p.B).repeat_interleave(p.m)
+        kw["y"] = torch.randn(p.B * p.m, p.C, generator=gen).to(device)
+        kw["batch_y"] = torch.arange(p.B, device=device).repeat_interleave(p.m)
     if p.bias == "table":
-        kw["bias"] = relative_position_bias(p.side, p.side, p.C, p.r, mode="official")
+        kw["bias"] = relative_position_bias(p.side, p.side, p.C, p.r, mode="official").to(device)
     elif p.bias == "lowrank":
-        kw["bias"] = LowRankBias(*relative_position_factors(p.side, p.side, p.C, p.r))
+        q, k = relative_position_factors(p.side, p.side, p.C, p.r)
+        kw["bias"] = LowRankBias(q.to(device), k.to(device))
     return dict(x=x, k=p.k, **kw)
 
 
 def supports(backend: str, p: Point) -> str | None:
     """Why ``backend`` cannot run ``p`` (None when it can)."""
-    concrete = "dense" if backend.startswith("dense") else backend
-    if concrete != "auto" and concrete not in available_backends():
-        return (
-            "unavailable ("
-            + ("torch-cluster" if concrete == "cluster" else "pyg-lib")
-            + " not installed)"
-        )
-    if p.bias == "table" and concrete in ("cluster", "pyg"):
+    concrete = "dense" if backend == "dense-unchunked" else backend
+    if concrete not in available_backends():
+        try:
+            graph.resolve_backend(concrete)
+        except (ImportError, ValueError) as e:
+            return f"unavailable ({e})"
+        return "unavailable"
+    if p.bias == "table" and concrete in SPARSE:
         return "unsupported (dense bias table)"
+    if backend == "dense-unchunked" and not hasattr(graph, "_CHUNK_ELEMENTS"):
+        return "unavailable (no chunk size to switch off)"
     return None
 
 
@@ -175,17 +187,34 @@ def _knn(backend: str, inputs: dict) -> torch.Tensor:
     )
 
 
+def _plain(edge_index: torch.Tensor) -> torch.Tensor:
+    # knn_graph may return a torch_geometric EdgeIndex subclass; compare plain tensors
+    return edge_index.as_subclass(torch.Tensor) if type(edge_index) is not torch.Tensor else (
+        edge_index
+    )
+
+
+def agreement(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Fraction of edges (columns) of ``out`` equal to those of ``ref`` (0 for other shapes)."""
+    out, ref = _plain(out), _plain(ref)
+    if out.shape != ref.shape:
+        return 0.0
+    return (out == ref).all(0).double().mean().item()
+
+
 def measure_point(
     p: Point, backends: list[str], inputs: dict, opts: argparse.Namespace, history: dict
 ) -> dict[str, dict]:
-    """Peak memory and median time of every backend at one point.
+    """Peak memory, median time and agreement with the reference of every backend at a point.
 
-    Each backend's first call measures its memory and serves as its warm-up. A backend whose
-    first call is slower than ``opts.slow_s`` keeps that time as its measurement (runs=1); the
-    others are then timed together in interleaved rounds (see ``common.time_interleaved``).
+    Each backend's first call measures its memory, keeps its edges for the comparison and
+    serves as its warm-up. A backend whose first call is slower than ``opts.slow_s`` keeps that
+    time as its measurement (runs=1); the others are then timed together in interleaved rounds
+    (see ``common.time_interleaved``).
     """
     rows: dict[str, dict] = {}
     fast: dict[str, Callable[[], torch.Tensor]] = {}
+    edges: dict[str, torch.Tensor] = {}
     for backend in backends:
         row = dict(
             asdict(p),
@@ -196,22 +225,27 @@ def measure_point(
             runs=0,
             peak_mem_mb=float("nan"),
             mem_method="",
+            agree=float("nan"),
             status="ok",
         )
         rows[backend] = row
         why = supports(backend, p)
         # Skip a slow sparse backend whose batch-1 run already predicts more than the budget.
         ref = history.get((backend, p.n, p.m, p.C, p.k, p.d, p.bias))
-        sparse = backend in ("cluster", "pyg")
+        sparse = backend in SPARSE
         if why is None and sparse and ref is not None and ref * p.B > 1e3 * opts.max_call_s:
             why = f"skipped (est. {ref * p.B / 1e3:.0f} s per call)"
         if why:
             row["status"] = why
             continue
         fn = _caller(backend, inputs)
+
+        def first_call(fn: Callable[[], torch.Tensor] = fn, backend: str = backend) -> None:
+            edges[backend] = fn()
+
         try:
             t0 = time.perf_counter()
-            row["peak_mem_mb"], row["mem_method"] = peak_memory_mb(fn)
+            row["peak_mem_mb"], row["mem_method"] = peak_memory_mb(first_call, opts.device)
             first = time.perf_counter() - t0
         except Exception as e:  # report it and carry on with the sweep
             row["status"] = f"error: {type(e).__name__}: {e}"[:120]
@@ -222,10 +256,15 @@ def measure_point(
             fast[backend] = fn
     if fast:
         timings = time_interleaved(
-            fast, warmup=0, repeat=opts.repeat, min_time=opts.min_time, max_time=opts.max_time
+            fast, warmup=0, repeat=opts.repeat, min_time=opts.min_time, max_time=opts.max_time,
+            device=opts.device,
         )
         for backend, t in timings.items():
             rows[backend].update(median_ms=t["median_ms"], min_ms=t["min_ms"], runs=int(t["runs"]))
+    ref = edges.get(REFERENCE, edges.get("dense"))
+    for backend, out in edges.items():
+        if ref is not None:
+            rows[backend]["agree"] = agreement(out, ref)
     for backend, row in rows.items():
         if row["status"] == "ok":
             history.setdefault((backend, p.n, p.m, p.C, p.k, p.d, p.bias), row["median_ms"] / p.B)
@@ -258,8 +297,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sweep, about a minute")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=None, help="timed calls per measurement")
-    parser.add_argument("--out", default=os.path.join(RESULTS_DIR, "graph_construction.csv"))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--out", default=None,
+                        help="CSV path (default: results/graph_construction[_cuda].csv)")
     args = parser.parse_args()
+    args.device = torch.device(args.device)
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"no CUDA device: torch {torch.__version__} reports "
+                 f"torch.cuda.is_available() = False (CUDA build: {torch.version.cuda})")
+    suffix = "" if args.device.type == "cpu" else f"_{args.device.type}"
+    args.out = args.out or os.path.join(RESULTS_DIR, f"graph_construction{suffix}.csv")
     args.repeat = args.repeat or (5 if args.quick else 10)
     args.min_time = 0.1 if args.quick else 0.3  # keep timing short calls until this much time
     args.max_time = 1.0 if args.quick else 3.0  # stop repeating slow calls after this much time
@@ -267,16 +314,22 @@ def main() -> None:
     args.max_call_s = 3.0 if args.quick else 15.0  # skip sparse calls predicted slower than this
 
     torch.set_num_threads(args.threads)
-    machine = machine_description()
+    machine = machine_description(args.device)
     print(f"machine: {machine}")
     print(
         f"available backends: {available_backends()}; auto -> {graph.resolve_backend('auto')}",
         flush=True,
     )
 
+    for b in CONCRETE:
+        why = supports(b, Point("any", 1, 49, 8, 1))
+        if why:
+            print(f"  {b}: {why}")
+    print(f"edges compared with the {REFERENCE!r} backend (column *_agree)", flush=True)
+
     gen = torch.Generator().manual_seed(0)
     # One untimed call first, so that one-off costs (thread pool, lazy imports) land nowhere.
-    warm = make_inputs(Point("warm-up", 2, 196, 192, 9), gen)
+    warm = make_inputs(Point("warm-up", 2, 196, 192, 9), gen, args.device)
     for b in available_backends():
         _knn(b, warm)
     t_start = time.perf_counter()
@@ -284,10 +337,10 @@ def main() -> None:
     summary: list[dict] = []
     history: dict = {}
     for p in sweep(args.quick):
-        inputs = make_inputs(p, gen)
-        backends = ["dense", "cluster", "pyg", "auto"]
+        inputs = make_inputs(p, gen, args.device)
+        backends = [*CONCRETE, "auto"]
         if p.section == "full":
-            backends.insert(1, "dense-unchunked")
+            backends.insert(backends.index("dense") + 1, "dense-unchunked")
         rows = measure_point(p, backends, inputs, args, history)
         s = summarise(rows)
         for b, r in rows.items():
@@ -297,8 +350,11 @@ def main() -> None:
         for b, r in rows.items():
             line[f"{b}_ms"] = r["median_ms"] if r["status"] == "ok" else r["status"].split()[0]
         for b, r in rows.items():
-            if b.startswith("dense") or b == "auto":
+            if r["status"] == "ok" and b not in SPARSE:
                 line[f"{b}_MB"] = r["peak_mem_mb"]
+        for b, r in rows.items():
+            if r["status"] == "ok" and b != REFERENCE:
+                line[f"{b}_agree"] = r["agree"]
         line.update(
             best=s["best_backend"], auto_x=s["auto_over_best"], auto_ok=s["auto_within_10pct"]
         )
@@ -307,7 +363,9 @@ def main() -> None:
             f"[{time.perf_counter() - t_start:6.1f}s] {p.section:8s} B={p.B:<2d} "
             f"{p.n}x{p.m} C={p.C} k={p.k} d={p.d} bias={p.bias}: "
             + ", ".join(
-                f"{b} {r['median_ms']:.2f} ms" if r["status"] == "ok" else f"{b} {r['status']}"
+                f"{b} {r['median_ms']:.2f} ms"
+                if r["status"] == "ok"
+                else f"{b} {r['status'].split(' (')[0]}"
                 for b, r in rows.items()
             ),
             flush=True,
@@ -333,6 +391,7 @@ def main() -> None:
     for r in all_rows:
         r["machine"] = machine
         r["threads"] = args.threads
+        r["device"] = args.device.type
     out = args.out if not args.quick else args.out.replace(".csv", "_quick.csv")
     print(f"wrote {write_csv(out, all_rows)}")
     plot_path = out.replace(".csv", ".png")
@@ -344,8 +403,10 @@ def main() -> None:
         ("peak_mem_mb", "extra peak memory (MiB)"),
     ):
         series = {}
+        markers = ["ob", "dc", "sg", "^m", "vy", "<k"]
         for B, fmt in ((1, "--"), (16, "-")):
-            for b, marker in (("dense", "ob"), ("cluster", "sg"), ("pyg", "^m"), ("auto", "xr")):
+            for i, b in enumerate([*CONCRETE, "auto"]):
+                marker = "xr" if b == "auto" else markers[i % len(markers)]
                 pts = sorted(
                     (r["n"], r[metric])
                     for r in all_rows
