@@ -1,8 +1,10 @@
-"""The ``pyg-vig`` command: ``train``, ``eval``, ``predict`` and ``graph``.
+"""The ``pyg-vig`` command: ``train``, ``eval``, ``predict``, ``export`` and ``graph``.
 
-Problems with the user's input (missing data, unreadable image, a checkpoint that does not fit,
-a resume folder that does not match) end the command with one ``pyg-vig: error: ...`` line on
-stderr and exit status 2; set ``PYG_VIG_DEBUG=1`` to see the traceback instead.
+Problems with the user's input (missing data, a checkpoint that does not fit, a resume folder
+that does not match, no network for a download) end the command with one
+``pyg-vig: error: ...`` line on stderr and exit status 2; set ``PYG_VIG_DEBUG=1`` to see the
+traceback instead. Batch commands (``predict`` over many files, ``eval`` over a folder) report
+an unreadable image on stderr, go on with the others and exit with status 2 at the end.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ _HELP = {
     "drop_path": "stochastic depth rate",
     "data": "'fashion_mnist_subset' (embedded), 'fashion_mnist', an IDX folder, a .npz, or an "
     "image folder (root/train/<class>/*.png)",
-    "image_size": "image side in pixels; other sizes are resized (image folders: 32 if unset)",
+    "image_size": "image side in pixels; other sizes are resized (image folders: 32 if unset; "
+    "224, the weights' size, with --pretrained)",
+    "pretrained": "start from the model's ImageNet weights (fine-tuning: the classifier is "
+    "rebuilt for the data's classes, images normalised as the weights expect)",
     "drop": "dropout before the classifier",
     "in_chans": "1 (grayscale) or 3 (RGB) for image folders",
     "batch_size": "global batch size, split over all processes",
@@ -96,20 +101,58 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model into a run folder")
     _add_train_args(p)
 
-    p = sub.add_parser("eval", help="evaluate a trained model on a dataset split")
-    p.add_argument("checkpoint", help="run folder or model.safetensors")
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a trained, pretrained or exported model on a dataset split",
+        description="Top-1/top-5 accuracy. SOURCE is a run folder, a model.safetensors, or an "
+        "exported .onnx/.pt2 file; or give --model NAME [--pretrained | --checkpoint FILE] "
+        "and --data (an ImageFolder, e.g. the ImageNet validation set as val/<wnid>/*.JPEG).",
+    )
+    p.add_argument("checkpoint", nargs="?", metavar="SOURCE",
+                   help="run folder, model.safetensors, or an exported .onnx/.pt2 file")
+    _add_model_args(p)
     p.add_argument("--data", help="dataset (default: the one it was trained on)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--split", default="test", help="split of --data (image folders: a "
+                   "train/test/val sub-folder when present, else the folder itself)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--device", default="auto")
     p.add_argument("--confusion-matrix", metavar="PNG", help="also save the confusion matrix")
 
-    p = sub.add_parser("predict", help="classify image files (top-k classes)")
-    p.add_argument("checkpoint", help="run folder or model.safetensors")
-    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    p = sub.add_parser(
+        "predict",
+        help="classify image files (top-k classes)",
+        description="SOURCE is a run folder, a model.safetensors or an exported .onnx/.pt2 "
+        "file; with --model NAME every positional argument is an image. Folders expand to "
+        "their images; an unreadable file is reported and skipped.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="[SOURCE] IMAGE",
+                   help="the model source (unless --model) then image files or folders")
+    _add_model_args(p)
     p.add_argument("--topk", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
+
+    p = sub.add_parser(
+        "export",
+        help="export a model to ONNX or a torch.export program (.pt2)",
+        description="SOURCE is a run folder or model.safetensors, or a registered model name "
+        "(with --pretrained or --checkpoint FILE). The file keeps the class names and the "
+        "preprocessing; run it with `pyg-vig predict FILE ...` (onnxruntime for .onnx).",
+    )
+    p.add_argument("source", metavar="RUN_OR_MODEL")
+    p.add_argument("--format", choices=("onnx", "pt2"), default="onnx")
+    p.add_argument("--output", "-o", help="output file (default: <run>/model.<format> or "
+                   "./<model>.<format>)")
+    p.add_argument("--pretrained", action="store_true", help="registered model: load its "
+                   "pretrained weights")
+    p.add_argument("--checkpoint", metavar="FILE", help="registered model: load this file")
+    p.add_argument("--batch-size", type=int, default=2, help="batch of the example input")
+    p.add_argument("--static-batch", action="store_true",
+                   help="fix the batch size to --batch-size instead of a dynamic dimension")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="ONNX: skip the onnxruntime comparison with the eager model")
 
     p = sub.add_parser("graph", help="draw the k-NN neighbours of centre nodes (paper Fig. 4)")
     p.add_argument("checkpoint", help="run folder or model.safetensors")
@@ -126,6 +169,17 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", default="graph.png", help="output PNG")
     p.add_argument("--device", default="auto")
     return parser
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="a registered model name (pyg_vig.list_models()) instead of "
+                   "SOURCE, e.g. pvig_s or pvig_s_224_gelu.in1k")
+    p.add_argument("--pretrained", action="store_true",
+                   help="with --model: its pretrained weights (downloaded once, then cached)")
+    p.add_argument("--checkpoint", metavar="FILE", dest="weights",
+                   help="with --model: a weights file (official or ours)")
+    p.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
+                   help="auto: onnxruntime for .onnx files, torch otherwise")
 
 
 # ---------------------------------------------------------------------------------- train
@@ -198,76 +252,300 @@ def _device(name: str):
     return torch.device(name)
 
 
+class _Inference:
+    """A model ready for inference with its class names and preprocessing."""
+
+    def __init__(self, forward, classes, class_keys, data_config, name, train_cfg=None,
+                 reference_top1=None):
+        self.forward, self.classes, self.class_keys = forward, classes, class_keys
+        self.data_config, self.name, self.train_cfg = data_config, name, train_cfg
+        self.reference_top1 = reference_top1
+
+
+def _load_inference(source: str | None, args: argparse.Namespace) -> _Inference:
+
+    from pyg_vig.datasets import class_names, imagenet_class_names, imagenet_synsets
+    from pyg_vig.datasets.preprocess import resolve_data_config
+
+    device = _device(args.device)
+    if args.model:
+        import pyg_vig
+
+        if args.runtime == "onnxruntime":
+            raise UserError("--runtime onnxruntime runs an exported .onnx file; export one "
+                            f"first: pyg-vig export {args.model} --pretrained")
+        model = pyg_vig.create_model(args.model, pretrained=args.pretrained,
+                                     checkpoint=args.weights).to(device).eval()
+        if not args.pretrained and not args.weights:
+            print(f"pyg-vig: warning: {args.model} has random weights (pass --pretrained or "
+                  "--checkpoint FILE)", file=sys.stderr)
+        classes = class_names(model)
+        keys = imagenet_synsets() if classes == imagenet_class_names() else classes
+        cfg = model.pretrained_cfg
+        top1 = cfg.get("top1") if args.pretrained else None
+        return _Inference(_torch_forward(model, device), classes, keys,
+                          resolve_data_config(model), cfg.get("name", args.model),
+                          reference_top1=top1)
+    if args.pretrained or args.weights:
+        raise UserError("--pretrained and --checkpoint go with --model NAME")
+    if source is None:
+        raise UserError("give a model: a run folder, model.safetensors, an exported "
+                        ".onnx/.pt2 file, or --model NAME")
+    path = Path(source).expanduser()
+    if path.suffix in (".onnx", ".pt2"):
+        from pyg_vig.export import ExportedModel
+
+        runner = ExportedModel(path, args.runtime)
+        meta = runner.metadata
+        if meta.get("format") != "pyg_vig-export":
+            raise UserError(f"{path} was not written by `pyg-vig export` (no class names and "
+                            "preprocessing inside)")
+        classes = runner.classes
+        return _Inference(runner, classes, meta.get("class_keys") or classes,
+                          runner.data_config, meta.get("model", path.name))
+    if args.runtime == "onnxruntime":
+        raise UserError(f"--runtime onnxruntime runs an exported .onnx file, not {path}; "
+                        f"export it first: pyg-vig export {source}")
+    from pyg_vig.train import load_trained_model
+
+    model, cfg = load_trained_model(path, device)
+    return _Inference(_torch_forward(model, device), list(cfg.classes), list(cfg.classes),
+                      resolve_data_config(cfg), cfg.model, train_cfg=cfg)
+
+
+def _torch_forward(model, device):
+    import torch
+
+    def forward(x):
+        with torch.no_grad():
+            return model(x.to(device)).float().cpu()
+
+    return forward
+
+
+def _image_folder_root(data: str, split: str) -> Path | None:
+    """The class-folder root of an image-folder dataset, or None for other datasets."""
+    from pyg_vig.datasets import find_idx_files
+
+    path = Path(data).expanduser()
+    if not path.is_dir():
+        return None
+    try:
+        find_idx_files(path, split)
+        return None  # an IDX folder
+    except FileNotFoundError:
+        pass
+    for name in (split, "val" if split == "test" else None, "test" if split == "val" else None):
+        if name and (path / name).is_dir():
+            return path / name
+    return path
+
+
+def _eval_loop(forward, loader, num_classes: int):
+    import torch
+    import torch.nn.functional as F
+
+    loss_sum, n, top1, top5, preds, targets, bad = 0.0, 0, 0, 0, [], [], []
+    for batch in loader:
+        x, y = batch[0], batch[1]
+        if len(batch) == 3:
+            for msg in batch[2]:
+                bad.append(msg)
+                print(f"pyg-vig: error: cannot read image {msg} (skipped)", file=sys.stderr)
+        if len(y) == 0:
+            continue
+        logits = forward(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        k = min(5, num_classes)
+        top = logits.topk(k, dim=1).indices
+        top1 += int((top[:, 0] == y).sum())
+        top5 += int((top == y[:, None]).any(1).sum())
+        n += len(y)
+        preds.append(top[:, 0])
+        targets.append(y)
+    if n == 0:
+        raise UserError("no image could be evaluated")
+    return (loss_sum / n, top1 / n, top5 / n, torch.cat(preds), torch.cat(targets), n, bad)
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
-    from pyg_vig.datasets import build_transform, load_dataset
-    from pyg_vig.train import evaluate, load_trained_model
+    from pyg_vig.datasets import (
+        ImageFileDataset,
+        build_transform,
+        collate_skip_unreadable,
+        create_transform,
+        load_dataset,
+        scan_image_folder,
+    )
     from pyg_vig.train.plots import confusion_matrix, plot_confusion_matrix
 
-    device = _device(args.device)
-    model, cfg = load_trained_model(args.checkpoint, device)
-    data = args.data or cfg.data
-    ds = load_dataset(
-        data,
-        args.split,
-        transform=build_transform(False, cfg.image_size, cfg.mean, cfg.std, resize=True),
-        image_size=cfg.image_size,
-        in_chans=cfg.in_chans,
-        classes=cfg.classes if data == cfg.data else None,
-    )
-    if len(ds.classes) != cfg.num_classes:
-        raise UserError(
-            f"dataset {data} has {len(ds.classes)} classes but the checkpoint "
-            f"{args.checkpoint} was trained on {cfg.num_classes}"
+    inf = _load_inference(args.checkpoint, args)
+    cfg = inf.train_cfg
+    data = args.data or (cfg.data if cfg is not None else None)
+    if data is None:
+        raise UserError("--data is needed: an image folder such as the ImageNet validation "
+                        "set (val/<wnid>/*.JPEG)")
+    root = _image_folder_root(data, args.split)
+    if root is not None:
+        # decoded on access with the model's evaluation transform (any folder size)
+        found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if found and all(name in inf.class_keys for name in found):
+            files, _ = scan_image_folder(root, classes=inf.class_keys)
+        elif len(found) == len(inf.classes):
+            files, _ = scan_image_folder(root)  # same count: sorted folder order = label order
+        else:
+            raise UserError(
+                f"dataset {root} has {len(found)} classes but the model has {len(inf.classes)} "
+                f"and the folder names {found[:3]} are not its class names "
+                f"(e.g. {inf.class_keys[:3]})"
+            )
+        ds = ImageFileDataset(files, create_transform(**inf.data_config))
+        loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers,
+                            collate_fn=collate_skip_unreadable)
+    else:
+        if cfg is None:
+            raise UserError(f"--data {data}: pretrained and exported models evaluate on image "
+                            "folders (root/<class>/<images>)")
+        ds = load_dataset(
+            data,
+            args.split,
+            transform=build_transform(False, cfg.image_size, cfg.mean, cfg.std, resize=True),
+            image_size=cfg.image_size,
+            in_chans=cfg.in_chans,
+            classes=cfg.classes if data == cfg.data else None,
         )
-    loader = DataLoader(ds, batch_size=args.batch_size)
-    loss, acc, pred, target = evaluate(model, loader, device)
+        if len(ds.classes) != cfg.num_classes:
+            raise UserError(
+                f"dataset {data} has {len(ds.classes)} classes but the checkpoint "
+                f"{args.checkpoint} was trained on {cfg.num_classes}"
+            )
+        loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers)
+    loss, acc, top5, pred, target, n, bad = _eval_loop(inf.forward, loader, len(inf.classes))
     if args.confusion_matrix:
-        cm = confusion_matrix(pred, target, cfg.num_classes)
+        cm = confusion_matrix(pred, target, len(inf.classes))
         plot_confusion_matrix(
             cm,
-            cfg.classes,
+            inf.classes,
             args.confusion_matrix,
-            title=f"{cfg.model} on {data} ({args.split}): accuracy {acc:.4f}",
+            title=f"{inf.name} on {data} ({args.split}): accuracy {acc:.4f}",
         )
+    print(f"{args.split}_images={n}")
     print(f"{args.split}_loss={loss:.4f}")
+    if inf.reference_top1 is not None:
+        print(f"# official top-1 of these weights on the ImageNet-1k validation set: "
+              f"{inf.reference_top1}%")
+    print(f"{args.split}_top5_accuracy={top5:.4f}")
     print(f"{args.split}_accuracy={acc:.4f}")
+    if bad:
+        print(f"pyg-vig: error: {len(bad)} image(s) could not be read and were skipped",
+              file=sys.stderr)
+        return 2
     return 0
 
 
 # ---------------------------------------------------------------------------------- predict
-def _load_images(paths: list[str], cfg) -> Any:
-    import torch
+def _expand_images(inputs: list[str]) -> tuple[list[str], list[str]]:
+    """Files and folders → image paths (folders: their images, recursively, sorted)."""
+    from pyg_vig.datasets import IMAGE_EXTENSIONS
 
-    from pyg_vig.datasets import Normalize, load_image
-
-    norm = Normalize(cfg.mean, cfg.std)
-    return torch.stack([norm(load_image(p, cfg.in_chans, cfg.image_size)) for p in paths])
+    paths, problems = [], []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found = sorted(str(f) for f in p.rglob("*")
+                           if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                problems.append(f"no image files in folder {item}")
+            paths.extend(found)
+        else:
+            paths.append(item)
+    return paths, problems
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from pyg_vig.train import load_trained_model
+    from pyg_vig.datasets import create_transform
 
-    device = _device(args.device)
-    model, cfg = load_trained_model(args.checkpoint, device)
-    x = _load_images(args.images, cfg).to(device)
-    with torch.no_grad():
-        prob = model(x).float().softmax(-1).cpu()
-    k = max(1, min(args.topk, cfg.num_classes))
-    top_p, top_i = prob.topk(k, dim=-1)
-    for path, ps, idx in zip(args.images, top_p.tolist(), top_i.tolist(), strict=True):
-        ranked = [(cfg.classes[i], p) for i, p in zip(idx, ps, strict=True)]
-        if args.json:
-            print(
-                json.dumps(
-                    {"image": path, "top": [{"class": c, "prob": round(p, 4)} for c, p in ranked]}
-                )
-            )
-        else:
-            print(f"{path}: " + ", ".join(f"{c} {p:.3f}" for c, p in ranked))
+    inputs = list(args.inputs)
+    source = None if args.model else inputs.pop(0)
+    if not inputs:
+        raise UserError("no images given: pyg-vig predict [SOURCE] IMAGE [IMAGE ...]")
+    inf = _load_inference(source, args)
+    transform = create_transform(**inf.data_config)
+    paths, problems = _expand_images(inputs)
+    for msg in problems:
+        print(f"pyg-vig: error: {msg}", file=sys.stderr)
+    failed = len(problems)
+    k = max(1, min(args.topk, len(inf.classes)))
+    for start in range(0, len(paths), max(1, args.batch_size)):
+        chunk, xs = [], []
+        for path in paths[start : start + args.batch_size]:
+            try:
+                xs.append(transform(path))
+                chunk.append(path)
+            except (ValueError, OSError) as e:  # report, skip, go on with the others
+                failed += 1
+                print(f"pyg-vig: error: {e} (skipped)", file=sys.stderr)
+        if not xs:
+            continue
+        prob = inf.forward(torch.stack(xs)).float().softmax(-1)
+        top_p, top_i = prob.topk(k, dim=-1)
+        for path, ps, idx in zip(chunk, top_p.tolist(), top_i.tolist(), strict=True):
+            ranked = [(inf.classes[i], i, p) for i, p in zip(idx, ps, strict=True)]
+            if args.json:
+                top = [{"class": c, "index": i, "prob": round(p, 4)} for c, i, p in ranked]
+                print(json.dumps({"image": path, "top": top}), flush=True)
+            else:
+                print(f"{path}: " + ", ".join(f"{c} {p:.3f}" for c, _, p in ranked), flush=True)
+    if failed:
+        print(f"pyg-vig: error: {failed} of {len(paths) + len(problems)} input(s) could not be "
+              "read", file=sys.stderr)
+        return 2
+    return 0
+
+
+# ---------------------------------------------------------------------------------- export
+def _cmd_export(args: argparse.Namespace) -> int:
+    import pyg_vig
+    from pyg_vig.datasets import class_names
+    from pyg_vig.datasets.preprocess import resolve_data_config
+    from pyg_vig.export import example_input, save_program, to_onnx
+
+    source = args.source
+    path = Path(source).expanduser()
+    classes = data_config = None
+    if path.exists():
+        if args.pretrained or args.checkpoint:
+            raise UserError("--pretrained / --checkpoint go with a registered model name, not "
+                            f"with the run {source}")
+        from pyg_vig.train import load_trained_model
+
+        model, cfg = load_trained_model(path, "cpu")
+        classes, data_config = list(cfg.classes), resolve_data_config(cfg)
+        default_out = (path if path.is_dir() else path.parent) / f"model.{args.format}"
+    else:
+        if source.split(".")[0] not in pyg_vig.list_models(include_aliases=True):
+            raise UserError(f"{source} is neither a run folder / weights file nor a registered "
+                            f"model ({', '.join(pyg_vig.list_models())})")
+        model = pyg_vig.create_model(source, pretrained=args.pretrained,
+                                     checkpoint=args.checkpoint).eval()
+        classes, data_config = class_names(model), resolve_data_config(model)
+        default_out = Path(f"{source}.{args.format}")
+    model.eval()
+    out = Path(args.output) if args.output else default_out
+    x = example_input(model, args.batch_size, data_config)
+    dynamic = not args.static_batch
+    if args.format == "onnx":
+        to_onnx(model, out, x, dynamic_batch=dynamic, verify=args.verify, classes=classes,
+                data_config=data_config)
+    else:
+        save_program(model, out, x, dynamic_batch=dynamic, classes=classes,
+                     data_config=data_config)
+    batch = "dynamic batch" if dynamic else f"batch {args.batch_size}"
+    print(f"wrote {out} ({args.format}, {batch}, input {tuple(x.shape[1:])})")
     return 0
 
 
@@ -339,13 +617,14 @@ def main(argv: list[str] | None = None) -> int:
         "train": _cmd_train,
         "eval": _cmd_eval,
         "predict": _cmd_predict,
+        "export": _cmd_export,
         "graph": _cmd_graph,
     }
     from pyg_vig.train import ConfigError
 
     try:
         return commands[args.command](args)
-    except (UserError, ConfigError, OSError, ValueError) as e:
+    except (UserError, ConfigError, OSError, ValueError, ImportError, RuntimeError) as e:
         if os.environ.get("PYG_VIG_DEBUG"):
             raise
         msg = " ".join(str(e).split()) or type(e).__name__

@@ -98,11 +98,15 @@ def test_bad_input_gives_one_error_line(trained, capsys, tmp_path):
     # missing data path
     _error(capsys, ["train", "--data", str(tmp_path / "nope"), "-o", str(tmp_path / "r")], "nope")
     assert not (tmp_path / "r").exists()
-    # unreadable image and missing image
+    # unreadable image and missing image: reported, then the summary line
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
-    _error(capsys, ["predict", str(run), str(bad)], f"cannot read image {bad}")
-    _error(capsys, ["predict", str(run), str(tmp_path / "x.png")], "image not found")
+    _error(capsys, ["predict", str(run), str(bad)], "1 of 1 input(s) could not be read")
+    _error(capsys, ["predict", str(run), str(tmp_path / "x.png")], "could not be read")
+    _error(capsys, ["predict", str(run)], "no images given")
+    _error(capsys, ["predict", str(run), str(bad), "--pretrained"], "go with --model NAME")
+    _error(capsys, ["predict", str(run), str(bad), "--runtime", "onnxruntime"],
+           "runs an exported .onnx file")  # fmt: skip
     # missing, corrupt, and foreign checkpoints
     _error(capsys, ["eval", str(tmp_path / "none.safetensors")], "checkpoint not found")
     cut = tmp_path / "cut.safetensors"
@@ -131,5 +135,123 @@ def test_python_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "pyg_vig", "--help"], capture_output=True,
                          text=True, cwd=REPO)  # fmt: skip
     assert out.returncode == 0
-    for cmd in ("train", "eval", "predict", "graph"):
+    for cmd in ("train", "eval", "predict", "export", "graph"):
         assert cmd in out.stdout
+
+
+def test_predict_reports_bad_files_and_goes_on(trained, capsys, tmp_path):
+    """A batch job: the unreadable file is named, the others are still predicted, the exit
+    status says something failed; a folder expands to its images."""
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for i, png in enumerate(trained["pngs"]):
+        shutil.copy(png, folder / f"{i}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    (folder / "notes.txt").write_text("not an image")
+    wide = tmp_path / "wide.png"  # 300 x 200: cropped, not stretched
+    Image.new("L", (300, 200), 128).save(wide)
+    argv = ["predict", str(trained["run"]), str(folder), str(wide), str(tmp_path / "gone.png"),
+            "--json", "--batch-size", "2"]  # fmt: skip
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    recs = [json.loads(line) for line in out.splitlines()]
+    assert [Path(r["image"]).name for r in recs] == ["0.png", "1.png", "2.png", "wide.png"]
+    assert all(len(r["top"]) == 3 and r["top"][0]["class"] in [str(c) for c in range(10)]
+               for r in recs)  # fmt: skip
+    err = err.strip().splitlines()
+    assert any("cannot read image" in ln and "broken.png" in ln and "(skipped)" in ln
+               for ln in err)  # fmt: skip
+    assert any("image not found" in ln and "gone.png" in ln for ln in err)
+    assert err[-1] == "pyg-vig: error: 2 of 6 input(s) could not be read"
+    # the same images one by one give the same probabilities
+    assert main(["predict", str(trained["run"]), str(folder / "1.png"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == recs[1]
+
+
+def test_resume_with_more_epochs_extends(trained, capsys, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "extending the run from 1 to 2 epochs" in out
+    assert len((run / "metrics.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    _error(capsys, ["train", "--resume", str(run), "--epochs", "1"], "fewer epochs")
+
+
+def test_warmup_clamp_is_reported(trained, capsys, tmp_path):
+    argv = ["train", "--data", str(trained["data"]), "--model", "vig_mini", "--model-args",
+            TINY_VIG, "--epochs", "1", "--warmup-epochs", "20", "--batch-size", "64",
+            "--no-progress", "--device", "cpu", "--output", str(tmp_path / "r")]  # fmt: skip
+    with pytest.warns(UserWarning, match="whole run a warm-up"):
+        assert main(argv) == 0
+    assert "warning: --warmup-epochs 20 >= --epochs 1" in capsys.readouterr().out
+
+
+def _class_folder(tmp_path, trained):
+    """An image folder whose class folders are the run's class names ('0'..'9')."""
+    from pyg_vig.datasets import load_dataset
+
+    ds = load_dataset(trained["data"], "test")
+    root = tmp_path / "folder"
+    for i in range(12):
+        img, label = ds[i]
+        (root / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((img[0] * 255).round().byte().numpy()).save(root / str(label) / f"{i}.png")
+    return root
+
+
+def test_export_static_batch_onnx_runs_in_predict_and_eval(trained, capsys, tmp_path):
+    run, out = trained["run"], tmp_path / "m.onnx"
+    assert main(["export", str(run), "-o", str(out), "--static-batch", "--batch-size", "2"]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {out} (onnx, batch 2, input (1, 28, 28))")
+    pngs = [str(p) for p in trained["pngs"]]  # 3 images: fed as 2 + (1 padded)
+    assert main(["predict", str(run), *pngs, "--json"]) == 0
+    ref = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert main(["predict", str(out), *pngs, "--json", "--runtime", "onnxruntime"]) == 0
+    got = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    for a, b in zip(ref, got, strict=True):
+        assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
+        for ta, tb in zip(a["top"], b["top"], strict=True):
+            assert abs(ta["prob"] - tb["prob"]) <= 2e-3
+    folder = _class_folder(tmp_path, trained)
+    assert main(["eval", str(run), "--data", str(folder)]) == 0
+    ref = capsys.readouterr().out.splitlines()
+    assert main(["eval", str(out), "--data", str(folder)]) == 0
+    got = capsys.readouterr().out.splitlines()
+    assert ref[0] == got[0] == "test_images=12" and ref[-1] == got[-1]
+    assert ref[-2] == got[-2] and got[-2].startswith("test_top5_accuracy=")
+
+
+def test_export_pt2_dynamic_batch(trained, capsys, tmp_path):
+    """Needs dynamic-batch torch.export of the model (the graph layer's export work)."""
+    out = tmp_path / "m.pt2"
+    assert main(["export", str(trained["run"]), "--format", "pt2", "-o", str(out)]) == 0
+    pngs = [str(p) for p in trained["pngs"]]
+    assert main(["predict", str(trained["run"]), *pngs, "--json"]) == 0
+    ref = capsys.readouterr().out
+    assert main(["predict", str(out), *pngs, "--json"]) == 0
+    got = capsys.readouterr().out
+    for a, b in zip(ref.splitlines(), got.splitlines(), strict=True):
+        a, b = json.loads(a), json.loads(b)
+        assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
+
+
+def test_export_onnx_dynamic_batch(trained, capsys, tmp_path):
+    """Needs dynamic-batch torch.export of the model (the graph layer's export work)."""
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(trained["run"]), "-o", str(out)]) == 0
+    assert "dynamic batch" in capsys.readouterr().out
+    from pyg_vig.export import load_exported
+
+    runner = load_exported(out)
+    assert runner.static_batch is None and runner.metadata["model"] == "vig_mini"
+
+
+def test_export_errors(trained, capsys, tmp_path):
+    _error(capsys, ["export", "no_such_model"], "neither a run folder")
+    _error(capsys, ["export", str(trained["run"]), "--pretrained"], "registered model name")
+    _error(capsys, ["predict", str(tmp_path / "none.onnx"), str(trained["pngs"][0])],
+           "exported model not found")  # fmt: skip
+    fake = tmp_path / "fake.onnx"
+    fake.write_bytes(b"not onnx")
+    _error(capsys, ["predict", str(fake), str(trained["pngs"][0])], "cannot load ONNX model")
