@@ -7,6 +7,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (1 when the build failed)."""
     parser = argparse.ArgumentParser(
         prog="python -m pyg_vig.ops", description="Build or inspect pyg_vig's compiled operators."
     )
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pyg_vig.ops: build failed in {_build.build_directory()}", file=sys.stderr)
         print(_build.build_error(), file=sys.stderr)
         return 1
-    print(f"pyg_vig.ops: built and loaded {_build.library_path()}")
+    print(f"pyg_vig.ops: compiled operators ready in {_build.library_path()}")
     return 0
 
 

@@ -6,8 +6,10 @@ running, on first use (never on ``import pyg_vig``), at most once per process, a
 * ``$PYG_VIG_EXTENSIONS_DIR/<torch version>/<build id>/`` when that variable is set,
 * ``~/.cache/pyg_vig/extensions/<torch version>/<build id>/`` otherwise,
 
-where ``<build id>`` hashes the sources, the compiler flags and the Python version, so that
-different checkouts or Pythons never overwrite each other's library. Nothing is installed with
+where ``<build id>`` hashes the sources, the compiler flags and the Python and torch
+installations, so that different environments never overwrite each other's library, while
+checkouts with the same sources share one build (the sources are compiled from copies staged in
+the build folder). Nothing is installed with
 pip, so a build can never pull in a second torch.
 
 Concurrency: a lock serialises threads; an exclusive ``flock`` on ``<build dir>/build.lock``
@@ -24,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import sysconfig
 import threading
 import warnings
 from pathlib import Path
@@ -51,12 +54,34 @@ _state: dict[str, object] = {
 
 
 def _build_id() -> str:
+    # Everything that ends up in the compiler's command line: the sources' content, the flags,
+    # and the Python and torch installations whose headers and libraries are used (two virtual
+    # environments with the same torch version must not rebuild each other's library).
     h = hashlib.sha256()
     for name in _SOURCES:
         h.update(name.encode())
         h.update((_CSRC / name).read_bytes())
-    h.update(repr((_CFLAGS, _LDFLAGS, sys.version_info[:2])).encode())
+    setup = (_CFLAGS, _LDFLAGS, sysconfig.get_paths()["include"], os.path.dirname(torch.__file__))
+    h.update(repr(setup).encode())
     return f"{_NAME}-py{sys.version_info[0]}{sys.version_info[1]}-{h.hexdigest()[:12]}"
+
+
+def _stage_sources(directory: Path) -> list[str]:
+    # Compile copies kept in the build folder, so that every checkout with the same sources
+    # hands ninja the same paths (with the checkout's own paths, ninja would rebuild whenever
+    # another checkout had built last). Written only when missing, so that ninja sees no change.
+    staged = directory / "csrc"
+    staged.mkdir(exist_ok=True)
+    paths = []
+    for name in _SOURCES:
+        target = staged / name
+        text = (_CSRC / name).read_bytes()
+        if not target.exists() or target.read_bytes() != text:
+            tmp = target.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_bytes(text)
+            os.replace(tmp, target)
+        paths.append(str(target))
+    return paths
 
 
 def build_directory() -> Path:
@@ -84,7 +109,7 @@ def _compile(verbose: bool) -> str:
                 stale.unlink()
             path = cpp_extension.load(
                 name=_NAME,
-                sources=[str(_CSRC / name) for name in _SOURCES],
+                sources=_stage_sources(directory),
                 extra_cflags=list(_CFLAGS),
                 extra_ldflags=list(_LDFLAGS),
                 build_directory=str(directory),

@@ -82,7 +82,8 @@ def knn_select(
     ``a + (-b)`` round the same).
 
     Args:
-        dot (Tensor): ``(B, n, m)`` query-key dot products, e.g. ``torch.bmm(q, k.transpose(1, 2))``.
+        dot (Tensor): ``(B, n, m)`` query-key dot products,
+            e.g. ``torch.bmm(q, k.transpose(1, 2))``.
         q_sq (Tensor): ``(B, n, 1)`` squared norms of the queries.
         k_sq (Tensor): ``(B, 1, m)`` squared norms of the keys.
         bias (Tensor, optional): ``(n, m)`` additive distance bias shared by the batch.
