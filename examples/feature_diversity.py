@@ -74,7 +74,7 @@ class ResGCNBlock(nn.Module):
     def forward(self, x, batch=None, layout=None, return_edge_index=False):
         batch = layout.batch(x.device) if batch is None else batch
         edge_index = knn_graph(x, self.k, batch, dilation=self.dilation)
-        x = x + self.conv(x, edge_index, k=self.k)
+        x = x + self.conv(x, edge_index)
         return (x, edge_index) if return_edge_index else x
 
 

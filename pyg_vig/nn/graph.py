@@ -326,6 +326,22 @@ class KNNEdgeIndex(EdgeIndex):
     #: Sources per target (``None`` on tensors derived from a k-NN graph by another operation).
     k: int | None = None
 
+    # torch.compile / AOTAutograd rebuild subclass inputs from these; keep the type and k.
+    def __tensor_flatten__(self):
+        attrs, ctx = super().__tensor_flatten__()
+        return attrs, (*ctx, self.k)
+
+    @staticmethod
+    def __tensor_unflatten__(inner_tensors, ctx, outer_size, outer_stride) -> KNNEdgeIndex:
+        out = KNNEdgeIndex(inner_tensors["_data"], sparse_size=ctx[0], sort_order=ctx[1],
+                           is_undirected=ctx[2])
+        out._indptr = inner_tensors.get("_indptr", None)
+        out._T_perm = inner_tensors.get("_T_perm", None)
+        out._T_indptr = inner_tensors.get("_T_indptr", None)
+        out._cat_metadata = ctx[3]
+        out.k = ctx[4]
+        return out
+
     @classmethod
     def from_sources(cls, src: Tensor, num_sources: int) -> KNNEdgeIndex:
         """``[N, k]`` global source indices (row ``i``: the sources of target ``i``)."""
@@ -335,17 +351,18 @@ class KNNEdgeIndex(EdgeIndex):
         out = cls(torch.stack([src.reshape(-1), dst], dim=0),
                   sparse_size=(num_sources, N), sort_order="col")
         out.k = k
+        # The column pointer is known, so it is never computed (nor cached while tracing).
+        out._indptr = torch.arange(N + 1, device=src.device) * k
         return out
 
 
 def regular_degree(edge_index: object) -> int | None:
     """The ``k`` of a :class:`KNNEdgeIndex` that still holds its guarantees, else ``None``."""
+    # Only KNNEdgeIndex.from_sources sets k; every operation on the tensor returns a plain
+    # EdgeIndex (or a KNNEdgeIndex without k), so a k here still describes the edges.
     if type(edge_index) is not KNNEdgeIndex or edge_index.k is None:
         return None
-    if not edge_index.is_sorted_by_col or edge_index.size(1) != edge_index.k * (
-            edge_index.sparse_size(1) or 0):
-        return None
-    return edge_index.k
+    return edge_index.k if edge_index.is_sorted_by_col else None
 
 
 def batched_sources(idx: Tensor, num_keys: int) -> Tensor:
@@ -548,6 +565,12 @@ def knn_graph(
     _check_flow(flow)
     resolve_backend(backend)
 
+    if batch is not None and torch.compiler.is_compiling():
+        # Graph sizes come from the batch vector (a host read): build this graph eagerly, so
+        # the compiled caller receives a finished KNNEdgeIndex.
+        return _knn_graph_eager(x, k, batch, y=y, batch_y=batch_y, dilation=dilation, bias=bias,
+                                stochastic=stochastic, epsilon=epsilon, normalize=normalize,
+                                flow=flow, backend=backend)
     counts_x = _counts(batch, x.size(0), "batch")
     counts_y = counts_x if y is None else _counts(batch_y, y.size(0), "batch_y")
     if len(counts_x) != len(counts_y):
@@ -574,6 +597,9 @@ def knn_graph(
                                ptr_y=_ptr(counts_y), keys=[None] * len(counts_x),
                                bias_for=lambda _, n, m: _bias_for(bias, n, m), **opts)
     return _finish(src, num_sources, flow)
+
+
+_knn_graph_eager = torch.compiler.disable(knn_graph)
 
 
 def grid_knn_graph(
@@ -683,7 +709,6 @@ def neighbor_reduce(x: Tensor, edge_index: EdgeIndex, reduce: str, impl: str = "
     if reduce not in _REDUCE_DIM:
         raise ValueError(f"reduce must be one of {sorted(_REDUCE_DIM)}, got {reduce!r}")
     reduce = "sum" if reduce == "add" else reduce
-    N = edge_index.sparse_size(1)
     ei = edge_index.as_tensor()
     if impl == "auto" and _use_compiled_reduce(x):
         from pyg_vig import ops
@@ -695,7 +720,7 @@ def neighbor_reduce(x: Tensor, edge_index: EdgeIndex, reduce: str, impl: str = "
         return reduce_regular(x_j, k, reduce)
     from torch_geometric.utils import scatter
 
-    return scatter(x_j, ei[1], 0, N, reduce=reduce)
+    return scatter(x_j, ei[1], 0, edge_index.get_indptr().numel() - 1, reduce=reduce)
 
 
 def _use_compiled_reduce(x: Tensor) -> bool:

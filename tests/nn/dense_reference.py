@@ -17,6 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch_geometric import EdgeIndex
+
+from pyg_vig.nn import KNNEdgeIndex
 
 
 # --------------------------------------------------------------------------- graph (SPEC 2.2)
@@ -186,39 +189,53 @@ def random_graph(B: int = 2, N: int = 12, C: int = 8, k: int = 4, M: int | None 
     """Random node features and their official k-NN graph.
 
     Returns ``x`` ``[B*N, C]``, ``y`` ``[B*M, C]`` (or ``None``), the dense ``(2, B, N, k)``
-    graph and the matching PyG ``edge_index`` ``[2, B*N*k]`` (sorted by target).
+    graph and the matching :class:`KNNEdgeIndex` ``[2, B*N*k]`` (sorted by target, as
+    ``knn_graph`` returns it).
     """
     x = torch.randn(B * N, C, dtype=dtype)
     y = None if M is None else torch.randn(B * M, C, dtype=dtype)
     dense = dense_knn(nodes_to_dense(x, B), k, dilation,
                       None if y is None else nodes_to_dense(y, B))
-    return x, y, dense, dense_to_edge_index(dense, M)
+    ei = dense_to_edge_index(dense, M)
+    return x, y, dense, KNNEdgeIndex.from_sources(ei[0].view(B * N, k), B * (M or N))
 
 
 def shuffle_edges(edge_index: Tensor) -> Tensor:
     """Random edge order (no longer sorted by target, so the fast path is not detected)."""
     perm = torch.randperm(edge_index.size(1))
-    out = edge_index[:, perm]
+    out = plain(edge_index)[:, perm]
     assert not torch.equal(out[1], edge_index[1])
     return out
 
 
-class CountPropagate:
-    """Context manager counting calls of ``conv.propagate`` (the generic scatter path)."""
+def plain(edge_index: Tensor) -> Tensor:
+    """The ``[2, E]`` tensor of an :class:`EdgeIndex` (PyG's generic path for every conv)."""
+    return edge_index.as_tensor() if isinstance(edge_index, EdgeIndex) else edge_index
+
+
+class CountPaths:
+    """Context manager counting which path a conv takes: ``generic`` (PyG's ``message`` →
+    ``aggregate``) or ``fused`` (``message_and_aggregate``)."""
 
     def __init__(self, conv: nn.Module):
-        self.conv, self.calls = conv, 0
+        self.conv, self.generic, self.fused = conv, 0, 0
 
     def __enter__(self):
-        original = type(self.conv).propagate
+        cls = type(self.conv)
 
-        def propagate(*args, **kwargs):
-            self.calls += 1
-            return original(self.conv, *args, **kwargs)
+        def message(*args, **kwargs):
+            self.generic += 1
+            return cls.message(self.conv, *args, **kwargs)
 
-        self.conv.propagate = propagate
+        def message_and_aggregate(*args, **kwargs):
+            self.fused += 1
+            return cls.message_and_aggregate(self.conv, *args, **kwargs)
+
+        self.conv.message = message
+        self.conv.message_and_aggregate = message_and_aggregate
         return self
 
     def __exit__(self, *exc):
-        del self.conv.propagate
+        del self.conv.message
+        del self.conv.message_and_aggregate
         return False

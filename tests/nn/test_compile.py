@@ -20,17 +20,6 @@ if os.environ.get("FULL_TEST") == "1":
 C = 16
 
 
-class WithK(torch.nn.Module):
-    """Calls a conv with the k-regular hint, the way Grapher does."""
-
-    def __init__(self, conv, k):
-        super().__init__()
-        self.conv, self.k = conv, k
-
-    def forward(self, x, edge_index):
-        return self.conv(x, edge_index, k=self.k)
-
-
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():
     torch._dynamo.reset()
@@ -41,20 +30,13 @@ def _fresh_dynamo():
 
 
 @pytest.mark.parametrize("conv_cls", [MRConv, EdgeConv, GINConv, SAGEConv])
-def test_conv_with_k_hint_has_no_graph_breaks(conv_cls):
+@pytest.mark.parametrize("fused", [True, False], ids=["KNNEdgeIndex", "tensor"])
+def test_conv_has_no_graph_breaks(conv_cls, fused):
     x = torch.randn(32, C)
     edge_index = knn_graph(x, 4)
-    module = WithK(conv_cls(C, 2 * C).eval(), 4)
-    explain = torch._dynamo.explain(module)(x, edge_index)
-    assert explain.graph_break_count == 0, explain.break_reasons
-    assert explain.graph_count == 1
-
-
-def test_conv_without_hint_has_no_graph_breaks():
-    # Inside compile the layout is not detected (no device sync): the propagate path is traced.
-    x = torch.randn(32, C)
-    conv = MRConv(C, 2 * C).eval()
-    explain = torch._dynamo.explain(conv)(x, knn_graph(x, 4))
+    if not fused:
+        edge_index = edge_index.as_tensor()
+    explain = torch._dynamo.explain(conv_cls(C, 2 * C).eval())(x, edge_index)
     assert explain.graph_break_count == 0, explain.break_reasons
 
 
@@ -63,7 +45,7 @@ def test_conv_without_hint_has_no_graph_breaks():
 def test_compiled_mr_conv_matches_eager(backend, train):
     x = torch.randn(32, C)
     edge_index = knn_graph(x, 4)
-    module = WithK(MRConv(C, 2 * C), 4).train(train)
+    module = (lambda c, k: c)(MRConv(C, 2 * C), 4).train(train)
     compiled = torch.compile(module, backend=backend)
     torch.testing.assert_close(compiled(x, edge_index), module(x, edge_index),
                                rtol=1e-5, atol=1e-5)
@@ -77,7 +59,7 @@ def test_compiled_mr_conv_matches_eager(backend, train):
 
 
 def test_compiled_conv_dynamic_sizes():
-    module = WithK(MRConv(C, 2 * C).eval(), 3)
+    module = (lambda c, k: c)(MRConv(C, 2 * C).eval(), 3)
     compiled = torch.compile(module, backend="aot_eager", dynamic=True)
     for n in (10, 17, 25):
         x = torch.randn(n, C)

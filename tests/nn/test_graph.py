@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from dense_reference import dense_knn
 
 import pyg_vig.nn.graph as graph_mod
-from pyg_vig.nn import LowRankBias, available_backends, knn_graph
-from pyg_vig.nn.graph import index_to_edge_index, knn_index, resolve_backend, select_ranks
+from pyg_vig.nn import KNNEdgeIndex, LowRankBias, available_backends, knn_graph
+from pyg_vig.nn.graph import batched_sources, knn_index, resolve_backend, select_ranks
 from pyg_vig.nn.pos_embed import relative_position_bias, relative_position_factors
 
 HAS_CLUSTER = importlib.util.find_spec("torch_cluster") is not None
@@ -146,10 +146,11 @@ def test_normalize_flag():
     assert torch.equal(raw[0].view(15, 4), expected)
 
 
-def test_index_to_edge_index():
+def test_batched_sources_to_knn_edge_index():
     idx = torch.tensor([[[0, 1], [1, 0]], [[1, 2], [0, 2]]])  # (B=2, n=2, k=2), m=3
-    ei = index_to_edge_index(idx, num_keys=3)
+    ei = KNNEdgeIndex.from_sources(batched_sources(idx, num_keys=3), 6)
     assert ei.tolist() == [[0, 1, 1, 0, 4, 5, 3, 5], [0, 0, 1, 1, 2, 2, 3, 3]]
+    assert ei.k == 2 and ei.is_sorted_by_col and ei.sparse_size() == (6, 4)
 
 
 def test_knn_index_shape_and_order():
@@ -240,9 +241,9 @@ def test_auto_is_dense():
 
 def test_available_backends():
     backends = available_backends()
-    assert backends[:2] == ["auto", "dense"]
+    assert backends[:3] == ["auto", "dense", "torch"]
     assert ("cluster" in backends) == HAS_CLUSTER
-    assert "pyg" not in backends  # pyg-lib is not installed in this environment
+    assert ("pyg" in backends) == graph_mod._has_pyg_lib()
 
 
 # --------------------------------------------------------------------------- stochastic dilation

@@ -6,7 +6,17 @@ import torch
 from torch_geometric.nn import GATConv, GCNConv, TransformerConv
 
 from pyg_vig.data import GridLayout
-from pyg_vig.nn import FFN, DropPath, Grapher, LowRankBias, MRConv, ViGBlock, knn_graph
+from pyg_vig.nn import (
+    CONVS,
+    FFN,
+    DropPath,
+    Grapher,
+    KNNEdgeIndex,
+    LowRankBias,
+    MRConv,
+    ViGBlock,
+    knn_graph,
+)
 from pyg_vig.nn.pos_embed import relative_position_bias
 
 C = 16
@@ -39,7 +49,7 @@ def test_grapher_shape_with_batch(conv):
     assert out.shape == x.shape
     assert edge_index.shape == (2, 3 * 16 * 4)
     assert torch.equal(edge_index[1], torch.arange(48).repeat_interleave(4))
-    assert isinstance(g.graph_conv, type(g.graph_conv)) and g.graph_conv.out_channels == 2 * C
+    assert isinstance(g.graph_conv, CONVS[conv]) and g.graph_conv.out_channels == 2 * C
 
 
 def test_grapher_graph_is_built_on_fc1_features():
@@ -186,18 +196,25 @@ def test_pyg_conv_factory_bipartite(name):
     assert out.shape == (72, C)
 
 
-def test_native_convs_get_k_hint(monkeypatch):
-    g = Grapher(C, k=4)
+@pytest.mark.parametrize("fused", [True, False])
+def test_grapher_hands_conv_the_knn_edge_index(monkeypatch, fused):
+    # fused=True: the conv gets the KNNEdgeIndex (PyG may fuse); fused=False: a plain tensor,
+    # so PyG's generic message -> aggregate runs. Both give the same output.
+    g = Grapher(C, k=4, fused=fused).eval()
     seen = {}
     forward = MRConv.forward
 
-    def spy(self, x, edge_index, k=None):
-        seen["k"] = k
-        return forward(self, x, edge_index, k)
+    def spy(self, x, edge_index):
+        seen["type"] = type(edge_index)
+        return forward(self, x, edge_index)
 
     monkeypatch.setattr(MRConv, "forward", spy)
-    g(torch.randn(20, C))
-    assert seen["k"] == 4
+    x = torch.randn(20, C)
+    out = g(x)
+    assert seen["type"] is (KNNEdgeIndex if fused else torch.Tensor)
+    other = Grapher(C, k=4, fused=not fused).eval()
+    other.load_state_dict(g.state_dict())
+    torch.testing.assert_close(other(x), out, rtol=1e-5, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- errors

@@ -60,8 +60,8 @@ def reduce_messages(conv: MessagePassing, messages: Tensor, edge_index: EdgeInde
     k = regular_degree(edge_index)
     if k is not None:
         return reduce_regular(messages, k, conv.aggr)
-    return conv.aggregate(messages, edge_index.as_tensor()[1], ptr=edge_index.get_indptr(),
-                          dim_size=edge_index.sparse_size(1))
+    ptr = edge_index.get_indptr()
+    return conv.aggregate(messages, edge_index.as_tensor()[1], ptr=ptr, dim_size=ptr.numel() - 1)
 
 
 def relative_to_target(conv: MessagePassing, agg: Tensor, x_dst: Tensor, edge_index: EdgeIndex

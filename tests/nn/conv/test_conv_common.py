@@ -6,9 +6,10 @@ import warnings
 import pytest
 import torch
 from dense_reference import (
-    CountPropagate,
+    CountPaths,
     dense_to_nodes,
     nodes_to_dense,
+    plain,
     random_graph,
     reference_of,
     shuffle_edges,
@@ -46,24 +47,18 @@ def csc_t(edge_index, num_src, num_dst):
 
 
 @pytest.mark.parametrize("train", [False, True])
-def test_fast_path_equals_propagate(conv_cls, train):
+def test_fused_path_equals_generic(conv_cls, train):
     conv = make(conv_cls).train(train)
     x, _, _, edge_index = random_graph(B, N, C, K)
-    with CountPropagate(conv) as counter:
-        out_hint = conv(x, edge_index, k=K)
-        out_detected = conv(x, edge_index)
-        assert counter.calls == 0
-        out_generic = conv(x, shuffle_edges(edge_index))
-        assert counter.calls == 1
-    assert out_hint.shape == (B * N, OUT)
-    torch.testing.assert_close(out_detected, out_hint, rtol=0, atol=0)
-    torch.testing.assert_close(out_generic, out_hint, rtol=1e-5, atol=1e-5)
-
-
-def test_bad_k_hint(conv_cls):
-    x, _, _, edge_index = random_graph(B, N, C, K)
-    with pytest.raises(ValueError, match="k=5 given but edge_index has 96 edges for 24 targets"):
-        make(conv_cls)(x, edge_index, k=5)
+    with CountPaths(conv) as paths:
+        fused = conv(x, edge_index)  # KNNEdgeIndex: message_and_aggregate
+        assert (paths.fused, paths.generic) == (1, 0)
+        generic = conv(x, plain(edge_index))  # plain tensor: message -> aggregate
+        shuffled = conv(x, shuffle_edges(edge_index))
+        assert (paths.fused, paths.generic) == (1, 2)
+    assert fused.shape == (B * N, OUT)
+    torch.testing.assert_close(fused, generic, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(shuffled, generic, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("train", [False, True])
@@ -73,7 +68,7 @@ def test_dense_reference(conv_cls, train, dilation):
     ref = reference_of(conv)
     x, _, dense, edge_index = random_graph(B, N, C, K, dilation=dilation)
     expected = dense_to_nodes(ref(nodes_to_dense(x, B), dense))
-    torch.testing.assert_close(conv(x, edge_index, k=K), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv(x, edge_index), expected, rtol=1e-5, atol=1e-5)
     if train:  # the BatchNorm running statistics moved the same way
         norm, ref_norm = last_update(conv)[1], last_update(ref).norm
         torch.testing.assert_close(norm.running_mean, ref_norm.running_mean)
@@ -92,7 +87,7 @@ def test_edge_order_invariance(conv_cls, train):
 def test_torch_sparse_adjacency(conv_cls):
     conv = make(conv_cls).eval()
     x, _, _, edge_index = random_graph(B, N, C, K)
-    adj = csc_t(edge_index, B * N, B * N)
+    adj = csc_t(plain(edge_index), B * N, B * N)
     torch.testing.assert_close(conv(x, adj), conv(x, edge_index), rtol=1e-5, atol=1e-5)
 
 
@@ -100,7 +95,7 @@ def test_torch_sparse_adjacency_propagate(conv_cls):
     # The generic path itself handles the sparse layout (bipartite: not mistaken for k-regular).
     conv = make(conv_cls).eval()
     x, y, _, edge_index = random_graph(B, N, C, K, M=M)
-    adj = csc_t(edge_index, B * M, B * N)
+    adj = csc_t(plain(edge_index), B * M, B * N)
     torch.testing.assert_close(conv((y, x), adj), conv((y, x), edge_index), rtol=1e-5, atol=1e-5)
 
 
@@ -108,7 +103,7 @@ def test_torch_sparse_adjacency_propagate(conv_cls):
 def test_sparse_tensor(conv_cls):
     conv = make(conv_cls).eval()
     x, _, _, edge_index = random_graph(B, N, C, K)
-    adj = SparseTensor.from_edge_index(edge_index, sparse_sizes=(B * N, B * N))
+    adj = SparseTensor.from_edge_index(plain(edge_index), sparse_sizes=(B * N, B * N))
     torch.testing.assert_close(conv(x, adj.t()), conv(x, edge_index), rtol=1e-5, atol=1e-5)
 
 
@@ -117,13 +112,13 @@ def test_bipartite(conv_cls, train):
     conv = make(conv_cls).train(train)
     ref = reference_of(conv)
     x, y, dense, edge_index = random_graph(B, N, C, K, M=M)
-    out = conv((y, x), edge_index, k=K)
+    out = conv((y, x), edge_index)
     assert out.shape == (B * N, OUT)
     expected = dense_to_nodes(ref(nodes_to_dense(x, B), dense, nodes_to_dense(y, B)))
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-    with CountPropagate(conv) as counter:
+    with CountPaths(conv) as paths:
         generic = conv((y, x), shuffle_edges(edge_index))
-    assert counter.calls == 1
+    assert (paths.fused, paths.generic) == (0, 1)
     torch.testing.assert_close(generic, out, rtol=1e-5, atol=1e-5)
 
 
@@ -134,7 +129,7 @@ def test_permutation_equivariance(conv_cls):
     inv = torch.empty_like(perm)
     inv[perm] = torch.arange(B * N)
     out = conv(x, edge_index)
-    out_perm = conv(x[perm], inv[edge_index])
+    out_perm = conv(x[perm], inv[plain(edge_index)])
     torch.testing.assert_close(out_perm, out[perm], rtol=1e-5, atol=1e-5)
 
 
@@ -147,7 +142,7 @@ def test_gradients_reach_everything(conv_cls, bipartite):
     if bipartite:
         y.requires_grad_()
         inputs = (y, x)
-    out = conv(inputs, edge_index, k=K)
+    out = conv(inputs, edge_index)
     (out * torch.randn_like(out)).sum().backward()
     for name, p in conv.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
