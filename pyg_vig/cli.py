@@ -333,7 +333,7 @@ def _image_folder_root(data: str, split: str) -> Path | None:
     try:
         find_idx_files(path, split)
         return None  # an IDX folder
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):  # no IDX files, or a split IDX data lack
         pass
     for name in (split, "val" if split == "test" else None, "test" if split == "val" else None):
         if name and (path / name).is_dir():
