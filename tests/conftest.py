@@ -2,6 +2,10 @@
 
 ``tests/nn/dense_reference.py`` (the dense official-formula reference) is imported by tests in
 several folders; the folder is put on ``sys.path`` here because ``tests`` is not a package.
+
+The ``device`` fixture runs a test on every available device: ``cpu`` always, ``cuda`` when
+``torch.cuda.is_available()``. Its CUDA cases carry the ``cuda`` marker, so that
+``pytest -m cuda`` (what ``benchmarks/gpu.sh`` runs) selects exactly the GPU cases of the suite.
 """
 
 import importlib.util
@@ -16,6 +20,20 @@ if _NN_TESTS not in sys.path:
     sys.path.insert(0, _NN_TESTS)
 
 HAS_CLUSTER = importlib.util.find_spec("torch_cluster") is not None
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: a test case that runs on a CUDA device")
+
+
+@pytest.fixture(
+    params=[pytest.param(d, marks=[pytest.mark.cuda] if d == "cuda" else []) for d in DEVICES],
+    ids=DEVICES,
+)
+def device(request) -> torch.device:
+    """Every available device: ``cpu``, and ``cuda`` when a GPU is there."""
+    return torch.device(request.param)
 
 
 @pytest.fixture(autouse=True)
@@ -26,4 +44,5 @@ def _seed():
 
 
 def pytest_report_header(config):
-    return f"torch {torch.__version__}, torch_cluster installed: {HAS_CLUSTER}"
+    return (f"torch {torch.__version__}, torch_cluster installed: {HAS_CLUSTER}, "
+            f"devices: {', '.join(DEVICES)}")
