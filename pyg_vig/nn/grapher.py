@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 from torch import Tensor
+from torch_geometric import EdgeIndex
 
 from pyg_vig.data.grid import GridLayout
 from pyg_vig.nn.conv import CONVS
@@ -166,13 +167,19 @@ class Grapher(nn.Module):
         return self.graph(x, batch, layout, y, layout_y), y
 
     def forward(self, x: Tensor, batch: Tensor | None = None, layout: GridLayout | None = None,
-                return_edge_index: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        """Args: ``x`` ``[N, C]``; ``batch`` ``[N]`` or ``layout`` (grid sizes) for images."""
+                return_edge_index: bool = False, *, edge_index: Tensor | None = None
+                ) -> Tensor | tuple[Tensor, Tensor]:
+        """Args: ``x`` ``[N, C]``; ``batch`` ``[N]`` or ``layout`` (grid sizes) for images;
+        ``edge_index``: run on this graph (keys to nodes) instead of building the k-NN graph,
+        e.g. when an explainer masks its edges."""
         shortcut = x
         x = self.fc1(x)
         y, layout_y = self.keys(x, layout)
-        edge_index = self.graph(x, batch, layout, y, layout_y)
-        conv_graph = edge_index if self.fused else edge_index.as_tensor()
+        if edge_index is None:
+            edge_index = self.graph(x, batch, layout, y, layout_y)
+        conv_graph = edge_index
+        if not self.fused and isinstance(edge_index, EdgeIndex):
+            conv_graph = edge_index.as_tensor()
         x = self.graph_conv(x if y is None else (y, x), conv_graph)
         x = self.fc2(x)
         x = self.drop_path(x, *_graph_assignment(x, batch, layout, self.drop_path, self.training))

@@ -23,6 +23,12 @@ def as_pair(x: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     return x[0], x[1]
 
 
+def single_or_pair(x: tuple[Tensor, Tensor]) -> Tensor | tuple[Tensor, Tensor]:
+    """One tensor when sources and targets are the same nodes (PyG's ``decomposed_layers`` can
+    only split a tensor), else the pair."""
+    return x[0] if x[0] is x[1] else x
+
+
 def for_propagate(conv: MessagePassing, edge_index: object) -> object:
     """``edge_index`` as :meth:`~MessagePassing.propagate` should see it.
 

@@ -14,6 +14,7 @@ from pyg_vig.nn.conv._utils import (
     as_pair,
     for_propagate,
     fused_reduce,
+    single_or_pair,
     to_target_sorted,
     update_repr,
 )
@@ -80,14 +81,14 @@ class GINConv(MessagePassing):
     def forward(self, x: Tensor | PairTensor, edge_index: Adj) -> Tensor:
         x = as_pair(x)
         # propagate_type: (x: PairTensor)
-        agg = self.propagate(for_propagate(self, edge_index), x=x)
+        agg = self.propagate(for_propagate(self, edge_index), x=single_or_pair(x))
         return self.nn((1 + self.eps) * x[1] + agg)
 
     def message(self, x_j: Tensor) -> Tensor:
         return x_j
 
-    def message_and_aggregate(self, edge_index: Adj, x: PairTensor) -> Tensor:
-        return fused_reduce(self, x[0], to_target_sorted(edge_index))
+    def message_and_aggregate(self, edge_index: Adj, x: Tensor | PairTensor) -> Tensor:
+        return fused_reduce(self, as_pair(x)[0], to_target_sorted(edge_index))
 
     def __repr__(self) -> str:
         return update_repr(self, self.in_channels, self.out_channels, heads=self.heads,

@@ -16,6 +16,7 @@ from pyg_vig.nn.conv._utils import (
     fused_reduce,
     interleave,
     relative_to_target,
+    single_or_pair,
     to_target_sorted,
     update_repr,
 )
@@ -82,7 +83,7 @@ class MRConv(MessagePassing):
     def forward(self, x: Tensor | PairTensor, edge_index: Adj) -> Tensor:
         x = as_pair(x)
         # propagate_type: (x: PairTensor)
-        m = self.propagate(for_propagate(self, edge_index), x=x)
+        m = self.propagate(for_propagate(self, edge_index), x=single_or_pair(x))
         if self.aggr_channels == self.in_channels:
             return self.nn(interleave(x[1], m))  # x_0, m_0, x_1, m_1, ... as the official code
         return self.nn(torch.cat([x[1], m], dim=-1))
@@ -90,10 +91,11 @@ class MRConv(MessagePassing):
     def message(self, x_i: Tensor, x_j: Tensor) -> Tensor:
         return x_j - x_i
 
-    def message_and_aggregate(self, edge_index: Adj, x: PairTensor) -> Tensor:
+    def message_and_aggregate(self, edge_index: Adj, x: Tensor | PairTensor) -> Tensor:
         edge_index = to_target_sorted(edge_index)
-        agg = fused_reduce(self, x[0], edge_index)  # aggr_j x_j
-        return relative_to_target(self, agg, x[1], edge_index)
+        x_src, x_dst = as_pair(x)
+        agg = fused_reduce(self, x_src, edge_index)  # aggr_j x_j
+        return relative_to_target(self, agg, x_dst, edge_index)
 
     def __repr__(self) -> str:
         return update_repr(self, self.in_channels, self.out_channels, heads=self.heads,

@@ -54,6 +54,12 @@ class SAGEConv(MessagePassing):
                  norm: bool = True, act: str | Callable | None = "gelu", **kwargs):
         kwargs.setdefault("aggr", "max")
         super().__init__(**kwargs)
+        if self.decomposed_layers != 1:
+            raise ValueError(
+                f"{type(self).__name__} applies an MLP to each per-edge message, so its features "
+                f"cannot be split into decomposed_layers={self.decomposed_layers} chunks (PyG's "
+                "decomposition needs messages that act channel by channel); use the default 1"
+            )
         self.in_channels, self.out_channels, self.heads = in_channels, out_channels, heads
         self.nn1 = MultiHeadUpdate(in_channels, in_channels, heads, bias, norm, act)
         self.nn2 = MultiHeadUpdate(in_channels + aggr_channels(self, in_channels), out_channels,
