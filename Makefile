@@ -1,6 +1,6 @@
 # Two entry points, both idempotent, both using the virtual environment .venv in this folder:
 #   make demo   set up, then train + evaluate a small ViG on the embedded Fashion-MNIST subset
-#   make test   set up (with the torch-cluster / torch-scatter extra), then run the test suite
+#   make test   set up (with the torch-cluster / torch-scatter and export extras), then run the tests
 # GPU users: make test TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu126"
 PYTHON ?= python3
 VENV := .venv
@@ -13,7 +13,7 @@ $(VENV)/.base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,export]'
 	touch $@
 
 # torch-scatter / torch-cluster have no wheels for every torch build: they compile from source
