@@ -85,6 +85,9 @@ class PyramidViG(ViGBase):
         stem_stride (int): stride of the stem (4 in the paper). (default: :obj:`4`)
         backend (str): k-NN backend. (default: :obj:`"auto"`)
         head_hidden (int): hidden width of the classifier. (default: :obj:`1024`)
+        fused (bool): let graph convs take their fused path on the k-NN graph; :obj:`False`
+            runs PyG's generic message → aggregate path (same model; for comparisons).
+            (default: :obj:`True`)
     """
 
     def __init__(self, in_chans: int = 3, num_classes: int = 1000,
@@ -95,7 +98,7 @@ class PyramidViG(ViGBase):
                  use_dilation: bool = True, stochastic: bool = False, epsilon: float = 0.2,
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0, img_size: int = 224,
                  stem_stride: int = 4, backend: str = "auto", head_hidden: int = 1024,
-                 global_pool: str = "avg", device=None, dtype=None):
+                 global_pool: str = "avg", fused: bool = True, device=None, dtype=None):
         super().__init__()
         if global_pool != "avg":
             raise ValueError(f"only global_pool='avg' is supported, got {global_pool!r}")
@@ -130,7 +133,7 @@ class PyramidViG(ViGBase):
                     embed_dims[s], drop_path=dpr[j], act=act, k=k, dilation=d, conv=conv,
                     heads=heads, norm=norm, bias=bias, reduction=self.reductions[s],
                     relative_pos=relative_pos, stochastic=stochastic, epsilon=epsilon,
-                    backend=backend))
+                    backend=backend, fused=fused))
                 j += 1
             stages.append(PyramidStage(ds, blocks))
             self.feature_info.append(dict(num_chs=embed_dims[s], reduction=stem_stride * 2**s,
@@ -241,10 +244,13 @@ class PyramidViG(ViGBase):
 
         Besides ``x``, ``pos``, ``batch``, ``grid_size`` and ``edge_index`` (last block), it
         carries ``edge_indices`` (every block) and ``edge_grids`` (each block's query grid sizes).
-        With key reduction (r > 1) an edge's source indexes the pooled key grid of that block.
+        With key reduction (r > 1) in the last stage, the pooled key nodes join each graph after
+        its patch nodes (``node_type == 1``), so every ``Data`` of ``to_data_list()`` is a valid
+        graph; in ``edge_indices`` a source indexes the pooled key grid of that block.
         """
         nodes, layout, edges, _ = self.forward_nodes(x, return_edges=True)
-        return _make_graph(nodes, layout, [e for e, _ in edges], [g for _, g in edges])
+        return _make_graph(nodes, layout, [e for e, _ in edges], [g for _, g in edges],
+                           reduction=self.reductions[len(self.stages) - 1])
 
 
 # ---------------------------------------------------------------------------- registry

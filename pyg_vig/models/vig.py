@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn as nn
 from torch import Tensor
-from torch_geometric.data import Batch
+from torch_geometric.data import Batch, Data
 
 from pyg_vig.data.grid import GridLayout
 from pyg_vig.models._base import ClassifierHead, ConvStem, ViGBase
@@ -60,6 +60,9 @@ class ViG(ViGBase):
         relative_pos (str, optional): relative positional bias mode (none in the paper).
         backend (str): k-NN backend. (default: :obj:`"auto"`)
         head_hidden (int): hidden width of the classifier. (default: :obj:`1024`)
+        fused (bool): let graph convs take their fused path on the k-NN graph; :obj:`False`
+            runs PyG's generic message → aggregate path (same model; for comparisons).
+            (default: :obj:`True`)
     """
 
     def __init__(self, in_chans: int = 3, num_classes: int = 1000, embed_dim: int = 192,
@@ -68,7 +71,8 @@ class ViG(ViGBase):
                  use_dilation: bool = True, stochastic: bool = False, epsilon: float = 0.2,
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0, img_size: int = 224,
                  stem_stride: int = 16, relative_pos: str | None = None, backend: str = "auto",
-                 head_hidden: int = 1024, global_pool: str = "avg", device=None, dtype=None):
+                 head_hidden: int = 1024, global_pool: str = "avg", fused: bool = True,
+                 device=None, dtype=None):
         super().__init__()
         if global_pool != "avg":
             raise ValueError(f"only global_pool='avg' is supported, got {global_pool!r}")
@@ -86,7 +90,7 @@ class ViG(ViGBase):
             ViGBlock(embed_dim, drop_path=dpr[i], act=act, k=self.ks[i],
                      dilation=self.dilations[i], conv=conv, heads=heads, norm=norm, bias=bias,
                      stochastic=stochastic, epsilon=epsilon, relative_pos=relative_pos,
-                     backend=backend)
+                     backend=backend, fused=fused)
             for i in range(depth)
         ])
         self.head = ClassifierHead(embed_dim, num_classes, head_hidden, act, drop_rate, **dd)
@@ -150,27 +154,41 @@ class ViG(ViGBase):
 
 
 def _make_graph(nodes: Tensor, layout: GridLayout, edges: list[Tensor],
-                grids: list[list[tuple[int, int]]]) -> Batch:
-    from torch_geometric.data import Data
+                grids: list[list[tuple[int, int]]], reduction: int = 1) -> Batch:
+    """The last block's graph as a :class:`~torch_geometric.data.Batch` of valid graphs.
 
+    With key reduction (``reduction > 1``) the last block's sources are pooled key nodes. They
+    join every graph after its patch nodes (``node_type`` 1; ``x`` the ``r x r`` average of the
+    final patch features over the key's cell, ``pos`` the cell centre in patch coordinates), so
+    each ``Data`` of ``to_data_list()`` holds its own keys and ``0 <= edge_index < num_nodes``.
+    """
     device = nodes.device
-    pos = layout.pos(device)
-    last = edges[-1] if edges else None
-    # The last block's graph goes into each Data (local indices) when it lives on the node set
-    # itself; a bipartite graph over pooled keys (reduction > 1) stays in edge_indices only.
+    pos = layout.pos(device).to(nodes.dtype)
+    keys, key_layout = layout.avg_pool(nodes, reduction)
+    # Centre of cell (i, j) of an r x r pooling, in patch-grid coordinates.
+    key_pos = key_layout.pos(device).to(nodes.dtype) * reduction + (reduction - 1) / 2
+    last = edges[-1].as_tensor() if edges else None
     k = last.size(1) // nodes.size(0) if last is not None and nodes.size(0) else 0
-    own = last is not None and k > 0 and int(last[0].max()) < nodes.size(0)
+    ptr, key_ptr = layout.ptr, key_layout.ptr
     data_list = []
     for g, (h, w) in enumerate(layout.sizes):
-        a, b = layout.ptr[g], layout.ptr[g + 1]
-        d = Data(x=nodes[a:b], pos=pos[a:b], grid_size=torch.tensor([[h, w]], device=device))
-        if own:
-            d.edge_index = last[:, a * k : b * k] - a
+        a, b = ptr[g], ptr[g + 1]
+        n = b - a
+        d = Data(x=nodes[a:b], pos=pos[a:b], grid_size=torch.tensor([[h, w]], device=device),
+                 node_type=torch.zeros(n, dtype=torch.long, device=device))
+        if reduction > 1:
+            ka, kb = key_ptr[g], key_ptr[g + 1]
+            d.x = torch.cat([d.x, keys[ka:kb]], dim=0)
+            d.pos = torch.cat([d.pos, key_pos[ka:kb]], dim=0)
+            d.node_type = torch.cat([d.node_type, d.node_type.new_ones(kb - ka)])
+        if last is not None and k > 0:
+            src, dst = last[:, a * k : b * k]
+            # local indices: keys (when pooled) come after the n patch nodes of this graph
+            src = src - key_ptr[g] + n if reduction > 1 else src - a
+            d.edge_index = torch.stack([src, dst - a], dim=0)
         data_list.append(d)
     batch = Batch.from_data_list(data_list)
-    if not own:
-        batch.edge_index = last
-    # Every block's graph, global node indices (not split by to_data_list()).
+    # Every block's graph with global indices (targets: that block's nodes, sources: its keys).
     batch.edge_indices = edges
     batch.edge_grids = grids
     return batch
