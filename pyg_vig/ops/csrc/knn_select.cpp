@@ -28,6 +28,10 @@
 #include <utility>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace pyg_vig {
 namespace {
 
@@ -114,6 +118,47 @@ struct Scratch {
   std::vector<int64_t> cand;
 };
 
+// cand[0, count) = the indices j (ascending) with d[j] <= t0; returns count. cand needs room for
+// m + 4 entries. Branch-free: the loop-carried count is the only dependency.
+template <typename V>
+inline int64_t compact_at_most(const V* d, int64_t m, V t0, int64_t* cand) {
+  int64_t count = 0;
+  for (int64_t j = 0; j < m; ++j) {
+    cand[count] = j;
+    count += d[j] <= t0;
+  }
+  return count;
+}
+
+#if defined(__SSE2__)
+// Four keys per step: a compare mask selects their offsets from a table (all four are stored,
+// the count advances by the number that qualify).
+template <>
+inline int64_t compact_at_most<float>(const float* d, int64_t m, float t0, int64_t* cand) {
+  static constexpr int8_t kOffsets[16][4] = {
+      {0, 0, 0, 0}, {0, 0, 0, 0}, {1, 0, 0, 0}, {0, 1, 0, 0}, {2, 0, 0, 0}, {0, 2, 0, 0},
+      {1, 2, 0, 0}, {0, 1, 2, 0}, {3, 0, 0, 0}, {0, 3, 0, 0}, {1, 3, 0, 0}, {0, 1, 3, 0},
+      {2, 3, 0, 0}, {0, 2, 3, 0}, {1, 2, 3, 0}, {0, 1, 2, 3}};
+  static constexpr int8_t kCount[16] = {0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4};
+  const __m128 t = _mm_set1_ps(t0);
+  int64_t count = 0, j = 0;
+  for (; j + 4 <= m; j += 4) {
+    const int mask = _mm_movemask_ps(_mm_cmple_ps(_mm_loadu_ps(d + j), t));
+    const int8_t* offsets = kOffsets[mask];
+    cand[count] = j + offsets[0];
+    cand[count + 1] = j + offsets[1];
+    cand[count + 2] = j + offsets[2];
+    cand[count + 3] = j + offsets[3];
+    count += kCount[mask];
+  }
+  for (; j < m; ++j) {
+    cand[count] = j;
+    count += d[j] <= t0;
+  }
+  return count;
+}
+#endif
+
 // kd smallest of the NaN-free row d[0, m) into (val, idx), ascending, equal values in index
 // order. Returns false when that answer is not unique (an exact tie inside the list or at its
 // boundary), where the caller falls back to torch's own algorithm.
@@ -146,13 +191,9 @@ inline bool select_row(const V* d, int64_t m, int64_t kd, V* val, int64_t* idx,
       std::nth_element(lane_min.begin(), lane_min.begin() + kd - 1, lane_min.end());
       t0 = lane_min[kd - 1];
     }
-    scratch.cand.resize(m);
+    scratch.cand.resize(m + 4);
     int64_t* cand = scratch.cand.data();
-    count = 0;
-    for (int64_t k = 0; k < m; ++k) {  // branch-free compaction, in index order
-      cand[count] = k;
-      count += d[k] <= t0;
-    }
+    count = compact_at_most<V>(d, m, t0, cand);
     worst = insert_candidates(d, kd, val, idx, count, [cand](int64_t q) { return cand[q]; });
   }
   for (int64_t p = 1; p < kd; ++p) {
