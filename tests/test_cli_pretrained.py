@@ -141,7 +141,10 @@ def test_fine_tune_pretrained_on_own_folder(hub, capsys, tmp_path):
     line = capsys.readouterr().out.strip()
     assert {c.rsplit(" ", 1)[0] for c in line.split(": ", 1)[1].split(", ")} == {"cat", "dog"}
     assert main(["eval", str(run), "--data", str(data), "--split", "val"]) == 0
-    assert capsys.readouterr().out.splitlines()[0] == "val_images=4"
+    out = capsys.readouterr().out.splitlines()
+    # the same preprocessing as the trainer's test split: the same accuracy
+    acc = json.loads((run / "metrics.json").read_text())["summary"]["test_accuracy"]
+    assert out[0] == "val_images=4" and out[-1] == f"val_accuracy={acc:.4f}"
 
 
 def test_export_pretrained_pyramid_to_onnx(hub, capsys, tmp_path):

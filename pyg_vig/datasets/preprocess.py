@@ -148,7 +148,13 @@ def resolve_data_config(source: Any) -> dict:
     """
     if hasattr(source, "image_size") and hasattr(source, "in_chans") and hasattr(source, "mean"):
         c, s = int(source.in_chans), int(source.image_size)  # a TrainConfig
-        return dict(input_size=(c, s, s), crop_pct=1.0, interpolation="bilinear",
+        crop_pct, interpolation = 1.0, "bilinear"
+        if getattr(source, "pretrained", False):  # fine-tuned: the weights' evaluation crop
+            from pyg_vig.models._registry import get_pretrained_cfg
+
+            pcfg = get_pretrained_cfg(source.model)
+            crop_pct, interpolation = float(pcfg["crop_pct"]), str(pcfg["interpolation"])
+        return dict(input_size=(c, s, s), crop_pct=crop_pct, interpolation=interpolation,
                     mean=tuple(source.mean), std=tuple(source.std))
     cfg = getattr(source, "pretrained_cfg", source)
     if not isinstance(cfg, dict):

@@ -209,6 +209,13 @@ def test_checkpoint_into_another_img_size(tmp_path):
     torch.save(src.state_dict(), own)
     big2 = pyg_vig.create_model("vig_mini", img_size=56, checkpoint=own).eval()
     torch.testing.assert_close(_logits(big2, x), _logits(src, x), rtol=1e-5, atol=1e-5)
+    # a pyramid model too (its dilation cap follows img_size, so only the weights are compared)
+    psrc = save_official(tmp_path / "p.pth", "pvig_mini")
+    pbig = pyg_vig.create_model("pvig_mini", img_size=56, checkpoint=tmp_path / "p.pth")
+    assert pbig.pos_embed.shape == (1, 32, 28, 28)
+    from pyg_vig.models.official import resample_pos_embed
+
+    torch.testing.assert_close(pbig.pos_embed, resample_pos_embed(psrc.pos_embed, (28, 28)))
 
 
 def test_rgb_weights_into_a_grayscale_model(tmp_path):
