@@ -247,6 +247,15 @@ def test_export_onnx_dynamic_batch(trained, capsys, tmp_path):
     assert runner.static_batch is None and runner.metadata["model"] == "vig_mini"
 
 
+def test_pretrained_without_registered_weights(trained, capsys, tmp_path):
+    argv = ["train", "--data", str(trained["data"]), "--model", "vig_mini", "--pretrained",
+            "--epochs", "1", "--no-progress", "--device", "cpu", "-o", str(tmp_path / "r")]
+    _error(capsys, argv, "no pretrained weights are registered for vig_mini")
+    assert not (tmp_path / "r").exists()
+    _error(capsys, ["predict", "--model", "vig_mini", "--pretrained", str(trained["pngs"][0])],
+           "no pretrained weights are registered")  # fmt: skip
+
+
 def test_export_errors(trained, capsys, tmp_path):
     _error(capsys, ["export", "no_such_model"], "neither a run folder")
     _error(capsys, ["export", str(trained["run"]), "--pretrained"], "registered model name")
