@@ -10,7 +10,10 @@ Every operator takes ``impl="auto" | "cpp" | "torch"``. The C++ kernels are regi
 kernels, so :func:`torch.compile` and :func:`torch.export.export` trace them. They are compiled
 just in time on first use and cached (see :mod:`pyg_vig.ops._build`); prebuild them with
 ``python -m pyg_vig.ops --build``. Where they cannot be built, a single warning says why and the
-pure-torch path runs; CUDA tensors and other dtypes always take the pure-torch path.
+pure-torch path runs; CUDA tensors and other dtypes always take the pure-torch path, and so does
+``impl="auto"`` under :func:`torch.onnx.export` (ONNX has no ``pyg_vig`` operators). A program
+saved with :func:`torch.export.save` that contains them needs :func:`pyg_vig.ops.load` before
+:func:`torch.export.load`.
 
 Note on max/min gradients: PyG's generic CPU path (``scatter(..., reduce="max")``, i.e.
 ``scatter_reduce_`` with ``include_self=False`` into zeros) splits the gradient among the edges

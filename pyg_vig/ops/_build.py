@@ -198,6 +198,8 @@ def use_compiled(impl: str, op: str, unsupported: str | None) -> bool:
         raise ValueError(f"{op}: impl must be one of {', '.join(map(repr, IMPLS))}, got {impl!r}")
     if impl == "torch":
         return False
+    if unsupported is None and torch.onnx.is_in_onnx_export():
+        unsupported = "ONNX export (ONNX has no pyg_vig operators; the torch path is exported)"
     if impl == "auto":
         return unsupported is None and available()
     if unsupported is not None:

@@ -57,11 +57,12 @@ def _unsupported(x: Tensor, src: Tensor, ptr: Tensor) -> str | None:
 
 
 def _gather_segment_reduce_torch(x: Tensor, src: Tensor, ptr: Tensor, reduce: str) -> Tensor:
-    N, C = ptr.numel() - 1, x.size(1)
+    N, C, E = ptr.numel() - 1, x.size(1), src.numel()
     deg = ptr[1:] - ptr[:-1]
-    dst = torch.repeat_interleave(
-        torch.arange(N, device=x.device), deg, output_size=src.numel()
-    )  # (E,) target of every edge
+    # (E,) target of every edge: count the segment ends at or before each edge. (Unlike
+    # repeat_interleave, these ops also export to ONNX.)
+    ends = torch.zeros(E + 1, dtype=torch.long, device=x.device)
+    dst = ends.index_add_(0, ptr[1:], torch.ones_like(ptr[1:])).cumsum(0)[:E]
     msg = x.index_select(0, src)  # (E, C)
     index = dst.view(-1, 1).expand(-1, C)
     if reduce in ("sum", "mean"):
