@@ -89,22 +89,24 @@ def export_onnx(model: torch.nn.Module, x: torch.Tensor, path: str) -> Any:
 def export_ours(model: torch.nn.Module, x: torch.Tensor, path: str) -> tuple[Any, str]:
     """Export one of our models; returns ``(graph to check, how the timed file was made)``.
 
-    With ``pyg_vig.export.to_onnx`` (the package's export entry point, static batch here as in
-    the official export) the timed file is its output. ``to_onnx`` may prepare the model (fold
-    BatchNorm, pick export-friendly kernels), so its file cannot be checked in float64 (see the
-    module docstring); the graph returned for the check is then the plain unoptimised export of
-    the same model, which validates the traced program. Without ``to_onnx``: :func:`export_onnx`.
+    The timed file is what a user of the package gets: ``pyg_vig.export.to_onnx(model, path,
+    x, dynamic_batch=False)`` (a static batch, like the official export above; its own float32
+    verification is off because it cannot tell rounding from a wrong graph on random weights,
+    see the module docstring). The graph returned for the float64 check is the unoptimised
+    ONNX translation of the same ``torch.export`` program (``pyg_vig.export.export_program``).
+    Without ``pyg_vig.export``: :func:`export_onnx`.
     """
     try:
-        from pyg_vig.export import to_onnx
+        from pyg_vig.export import export_program, to_onnx
     except ImportError:
         return export_onnx(model, x, path), "torch.onnx.export"
     model.eval()
     with torch.no_grad():
         model(x)  # warm caches, as in export_onnx
-    to_onnx(model, path, dynamic_batch=False)
-    program = torch.onnx.export(model, (x,), dynamo=True, optimize=False, verbose=False)
-    return program.model_proto, "pyg_vig.export.to_onnx"
+    to_onnx(model, path, x, dynamic_batch=False, verify=False)
+    program = export_program(model, x, dynamic_batch=False)
+    check = torch.onnx.export(program, (x,), dynamo=True, optimize=False, verbose=False)
+    return check.model_proto, "pyg_vig.export.to_onnx"
 
 
 # --------------------------------------------------------------------------- runtime

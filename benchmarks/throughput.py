@@ -318,7 +318,7 @@ def targets(rows: list[dict]) -> list[dict]:
         out.append(dict(target=goal, model=model, mode=mode, batch=batch, value=value,
                         goal=(">= " if higher_is_better else "<= ") + f"{limit:g}", met=met))
 
-    groups = sorted({(r["model"], r["mode"], r["batch"]) for r in rows})
+    groups = dict.fromkeys((r["model"], r["mode"], r["batch"]) for r in rows)  # run order
     for model, mode, batch in groups:
         d = by.get((model, mode, batch, "default"))
         o = by.get((model, mode, batch, "ort"))
@@ -423,7 +423,7 @@ def _plot(rows: list[dict], path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = sorted({(r["model"], r["mode"], r["batch"]) for r in rows})
+    groups = list(dict.fromkeys((r["model"], r["mode"], r["batch"]) for r in rows))
     paths = [p for p in PATHS if any(r["path"] == p for r in rows)]
     fig, axes = plt.subplots(2, 1, figsize=(max(7, 1.9 * len(groups)), 7.5), sharex=True)
     width = 0.8 / max(1, len(paths))
