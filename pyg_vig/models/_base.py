@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
@@ -159,12 +160,14 @@ class ViGBase(nn.Module):
         if tuple(pe.shape[-2:]) != tuple(size):
             # Any resolution: resample the learned grid (as timm does for ViT position embeddings).
             pe = F.interpolate(pe, size=size, mode="bicubic", align_corners=False)
-        return pe.flatten(2).transpose(1, 2)[0]  # (1, C, H, W) -> (H*W, C)
+        return rearrange(pe[0], "c h w -> (h w) c")
 
     def _add_pos_embed(self, x: Tensor, layout: GridLayout) -> Tensor:
         if layout.uniform:
-            B, n = layout.num_graphs, layout.counts[0]
-            return (x.view(B, n, -1) + self._pos_embed_nodes(layout.sizes[0])).view(B * n, -1)
+            # (B*n, C) + (n, C), broadcast over the B graphs
+            pe = self._pos_embed_nodes(layout.grid)
+            return rearrange(rearrange(x, "(b n) c -> b n c", n=pe.size(0)) + pe,
+                             "b n c -> (b n) c")
         table = {s: self._pos_embed_nodes(s) for s, _ in layout.groups()}
         return x + torch.cat([table[s] for s in layout.sizes], dim=0)
 
@@ -174,14 +177,6 @@ class ViGBase(nn.Module):
         return block(x, None, layout, return_edge_index=want_edges)
 
     # ------------------------------------------------------------------ pooling / outputs
-    @staticmethod
-    def _pool_nodes(x: Tensor, layout: GridLayout) -> Tensor:
-        if layout.uniform:
-            return x.view(layout.num_graphs, layout.counts[0], -1).mean(1)
-        from torch_geometric.nn import global_mean_pool
-
-        return global_mean_pool(x, layout.batch(x.device), size=layout.num_graphs)
-
     @staticmethod
     def _to_maps(x: Tensor, layout: GridLayout) -> Tensor | list[Tensor]:
         return layout.to_images(x)

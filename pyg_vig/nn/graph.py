@@ -157,7 +157,10 @@ def _dense_topk(xq: Tensor, xk: Tensor, kd: int, bias: Tensor | LowRankBias | No
     # The official code evaluates |x|^2 + (-2 x.y) + |y|^2 in this order; keeping it keeps
     # float32 ties resolved the same way as the reference implementation.
     xk_sq = (xk * xk).sum(-1).unsqueeze(1)  # (B, 1, m)
-    rows = max(1, _CHUNK_ELEMENTS // max(1, B * m))
+    # Traced programs (torch.export with a dynamic batch) must not depend on B: bound the
+    # chunk per image there.
+    per_chunk = m if torch.compiler.is_compiling() else B * m
+    rows = max(1, _CHUNK_ELEMENTS // max(1, per_chunk))
     out = []
     for s in range(0, n, rows):
         q = xq[:, s : s + rows]

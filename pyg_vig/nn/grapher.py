@@ -25,6 +25,19 @@ def _linear_bn(in_channels: int, out_channels: int, dd: dict) -> nn.Sequential:
     return LinearBN(in_channels, out_channels, **dd)
 
 
+def _real_tensors():
+    """Leave the tracer's fake-tensor and proxy modes (torch.export / torch.compile)."""
+    from contextlib import ExitStack
+
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
+
+    stack = ExitStack()
+    stack.enter_context(unset_fake_temporarily())
+    stack.enter_context(disable_proxy_modes_tracing())
+    return stack
+
+
 def _graph_assignment(x: Tensor, batch: Tensor | None, layout: GridLayout | None,
                       drop_path: DropPath, training: bool) -> tuple[Tensor | None, int | None]:
     """``(batch, num_graphs)`` for per-graph stochastic depth (only built when it acts)."""
@@ -114,23 +127,28 @@ class Grapher(nn.Module):
             return None
         key = (size, device, dtype)
         tracing = torch.compiler.is_compiling()
-        if tracing or key not in self._bias_cache:
-            from pyg_vig.nn import pos_embed
-
-            h, w = size
-            if self.relative_pos == "geometric":
-                # Factors, not a table: the k-NN builds the bias chunk by chunk (bounded memory)
-                # or folds it into the features (KD-tree backends).
-                q, kf = pos_embed.relative_position_factors(h, w, self.channels, self.reduction)
-                val: Tensor | LowRankBias = LowRankBias(q.to(device, dtype), kf.to(device, dtype))
-            else:
-                val = pos_embed.relative_position_bias(
-                    h, w, self.channels, self.reduction, mode=self.relative_pos
-                ).to(device=device, dtype=dtype)
-            if tracing:
-                return val
-            self._bias_cache[key] = val
+        if tracing:
+            # A constant of the traced program: built from real tensors, never from the
+            # tracer's fake ones (they would end up in the program and in the cache).
+            with _real_tensors():
+                return self._build_bias(size, device, dtype)
+        if key not in self._bias_cache:
+            self._bias_cache[key] = self._build_bias(size, device, dtype)
         return self._bias_cache[key]
+
+    def _build_bias(self, size: tuple[int, int], device: torch.device, dtype: torch.dtype
+                    ) -> Tensor | LowRankBias:
+        from pyg_vig.nn import pos_embed
+
+        h, w = size
+        if self.relative_pos == "geometric":
+            # Factors, not a table: the k-NN builds the bias chunk by chunk (bounded memory) or
+            # folds it into the features (KD-tree backends).
+            q, kf = pos_embed.relative_position_factors(h, w, self.channels, self.reduction)
+            return LowRankBias(q.to(device, dtype), kf.to(device, dtype))
+        return pos_embed.relative_position_bias(
+            h, w, self.channels, self.reduction, mode=self.relative_pos
+        ).to(device=device, dtype=dtype)
 
     def _apply(self, fn, recurse=True):
         self._bias_cache = {}  # tables follow the module's device/dtype lazily
