@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pyg_vig.models._layers import ClassifierHead
 from pyg_vig.nn.linear import MultiHeadLinear
 
 __all__ = ["fuse_batchnorm"]
@@ -27,8 +28,6 @@ def fuse_batchnorm(model: nn.Module) -> nn.Module:
     Works on any ``nn.Sequential`` whose child ``i`` is such a layer and child ``i + 1`` a
     BatchNorm (the layout of every ViG linear-BN pair). The model is switched to eval mode.
     """
-    from pyg_vig.models._base import ClassifierHead
-
     model.eval()
     for module in list(model.modules()):
         if isinstance(module, ClassifierHead) and isinstance(module.norm, nn.BatchNorm1d):

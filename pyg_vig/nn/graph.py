@@ -81,7 +81,8 @@ BiasLike = Tensor | LowRankBias
 
 def available_backends() -> list[str]:
     """Backends that can run in this environment (``"auto"``, ``"dense"`` and ``"torch"``
-    always can)."""
+    always can).
+    """
     out = ["auto", "dense", "torch"]
     if importlib.util.find_spec("torch_cluster") is not None:
         out.append("cluster")
@@ -370,7 +371,8 @@ def regular_degree(edge_index: object) -> int | None:
 
 def batched_sources(idx: Tensor, num_keys: int) -> Tensor:
     """``(B, n, k)`` local key indices of equally sized graphs → ``[B*n, k]`` global ones
-    (keys of graph ``b`` are nodes ``b * num_keys ...``), for :meth:`KNNEdgeIndex.from_sources`."""
+    (keys of graph ``b`` are nodes ``b * num_keys ...``), for :meth:`KNNEdgeIndex.from_sources`.
+    """
     B = idx.size(0)
     offset = torch.arange(B, device=idx.device).view(B, 1, 1) * num_keys
     return rearrange(idx + offset, "b n k -> (b n) k")
@@ -634,8 +636,13 @@ def grid_knn_graph(
         k (int): neighbours per target node.
         y (Tensor, optional): ``[M, C]`` key features on ``layout_y`` (e.g. pooled nodes).
         layout_y (GridLayout, optional): grid of the keys (default: ``layout``).
+        dilation (int, optional): dilation rate. (default: :obj:`1`)
         bias_fn (callable, optional): ``(H, W) -> bias`` of a query grid of that size.
-        Other arguments as in :func:`knn_graph`.
+        stochastic (bool, optional): random-subset dilation. (default: :obj:`False`)
+        epsilon (float, optional): its probability. (default: :obj:`0.2`)
+        normalize (bool, optional): L2-normalise features. (default: :obj:`True`)
+        flow (str, optional): edge direction, as in :func:`knn_graph`.
+        backend (str, optional): one of :data:`BACKENDS`. (default: :obj:`"auto"`)
     """
     _check_flow(flow)
     resolve_backend(backend)

@@ -189,7 +189,8 @@ class Grapher(nn.Module):
                 ) -> Tensor | tuple[Tensor, Tensor]:
         """Args: ``x`` ``[N, C]``; ``batch`` ``[N]`` or ``layout`` (grid sizes) for images;
         ``edge_index``: run on this graph (keys to nodes) instead of building the k-NN graph,
-        e.g. when an explainer masks its edges."""
+        e.g. when an explainer masks its edges.
+        """
         shortcut = x
         x = self.fc1(x)
         y, layout_y = self.keys(x, layout)

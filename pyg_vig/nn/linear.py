@@ -63,7 +63,8 @@ def folded_linear_params(weight: Tensor, bias: Tensor | None, bn: nn.Module
 
 def can_fold(seq: nn.Sequential) -> bool:
     """Whether ``seq[1]``, a BatchNorm after the linear ``seq[0]``, can be folded into it now
-    (eval mode, running statistics tracked)."""
+    (eval mode, running statistics tracked).
+    """
     bn = seq[1] if len(seq) > 1 else None
     return (not seq.training and isinstance(bn, nn.BatchNorm1d) and bn.track_running_stats
             and bn.running_var is not None)

@@ -72,7 +72,8 @@ def _update(seq: nn.Sequential, x: Tensor, B: int) -> Tensor:
 def _normalize(x: Tensor, B: int) -> Tensor:
     """L2-normalise ``[B*n, C]`` along C as the official code does on ``(B, C, n)``; the result
     is the ``(B, n, C)`` view of that channel-first tensor, whose strides the distance GEMM
-    sees in the official code too."""
+    sees in the official code too.
+    """
     xc = rearrange(x, "(b n) c -> b c n", b=B).contiguous()
     return F.normalize(xc, p=2.0, dim=1).transpose(1, 2)
 

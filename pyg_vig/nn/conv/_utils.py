@@ -25,7 +25,8 @@ def as_pair(x: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
 
 def single_or_pair(x: tuple[Tensor, Tensor]) -> Tensor | tuple[Tensor, Tensor]:
     """One tensor when sources and targets are the same nodes (PyG's ``decomposed_layers`` can
-    only split a tensor), else the pair."""
+    only split a tensor), else the pair.
+    """
     return x[0] if x[0] is x[1] else x
 
 
@@ -51,7 +52,8 @@ def for_propagate(conv: MessagePassing, edge_index: object) -> object:
 
 def aggr_channels(conv: MessagePassing, channels: int) -> int:
     """Channels that ``conv``'s aggregation returns for ``channels`` input channels
-    (``len(aggr) * channels`` for a list of aggregations, which PyG concatenates)."""
+    (``len(aggr) * channels`` for a list of aggregations, which PyG concatenates).
+    """
     get = getattr(conv.aggr_module, "get_out_channels", None)
     return int(get(channels)) if get is not None else channels
 
