@@ -9,8 +9,8 @@ running, on first use (never on ``import pyg_vig``), at most once per process, a
 where ``<build id>`` hashes the sources, the compiler flags and the Python and torch
 installations, so that different environments never overwrite each other's library, while
 checkouts with the same sources share one build (the sources are compiled from copies staged in
-the build folder). Nothing is installed with
-pip, so a build can never pull in a second torch.
+the build folder). Nothing is installed with pip, so a build can never pull in a second torch.
+Builds of older sources stay in the cache until it is deleted.
 
 Concurrency: a lock serialises threads; an exclusive ``flock`` on ``<build dir>/build.lock``
 serialises processes (e.g. two DDP ranks starting at once: one compiles, the other waits, then
@@ -92,13 +92,13 @@ def build_directory() -> Path:
 
 
 def _compile(verbose: bool) -> str:
+    import fcntl  # POSIX only: elsewhere the ImportError is the reported build failure
+
     from torch.utils import cpp_extension
 
     cpp_extension.verify_ninja_availability()
     directory = build_directory()
     directory.mkdir(parents=True, exist_ok=True)
-    import fcntl
-
     with open(directory / "build.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel if this process dies
         try:
