@@ -47,7 +47,7 @@ fi
 mkdir -p "$RESULTS"
 
 # ---------------------------------------------------------------------------------- 1. device
-if ! "$PYTHON" - "$DEVICE" > "$RESULTS/gpu_env.txt" <<'EOF'
+if ! "$PYTHON" - "$DEVICE" > "$RESULTS/gpu_env.txt.tmp" <<'EOF'
 import sys
 
 import torch
@@ -69,8 +69,10 @@ elif device != "cpu":
     sys.exit(f"DEVICE must be cuda or cpu, got {device!r}")
 EOF
 then
+    rm -f "$RESULTS/gpu_env.txt.tmp"
     exit 1
 fi
+mv "$RESULTS/gpu_env.txt.tmp" "$RESULTS/gpu_env.txt"
 if [ "$DEVICE" = cuda ] && command -v nvidia-smi > /dev/null; then
     nvidia-smi >> "$RESULTS/gpu_env.txt" 2>&1 || true
 fi
