@@ -21,8 +21,9 @@ Every row checks that both sides agree (indices equal; outputs and gradients equ
 rounding) and records the machine and the 1-minute load average: on a shared machine a load well
 above the thread count inflates the times.
 
-    python benchmarks/ops.py            # about 2 minutes on 2 cores
-    python benchmarks/ops.py --quick    # a few representative rows
+    python benchmarks/ops.py                # results/ops.csv, about 3 minutes on 2 cores
+    python benchmarks/ops.py --threads 1    # results/ops_1threads.csv
+    python benchmarks/ops.py --quick        # a few representative rows (ops_quick.csv)
 """
 
 from __future__ import annotations
@@ -213,7 +214,9 @@ def main() -> None:
     if args.only in (None, "segment"):
         rows += bench_segment(SEGMENT_QUICK if args.quick else SEGMENT_SHAPES, args.repeat,
                               machine)
-    name = "ops_quick.csv" if args.quick else "ops.csv"
+    name = "ops" + ("_quick" if args.quick else "")
+    name += "" if args.threads == 2 else f"_{args.threads}threads"
+    name += ".csv"
     print("wrote", write_csv(os.path.join(RESULTS_DIR, name), rows))
 
 
