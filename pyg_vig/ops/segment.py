@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -122,7 +124,7 @@ def gather_segment_reduce(
     return _gather_segment_reduce_torch(x, src, ptr, reduce)
 
 
-def _setup_context(ctx, inputs: tuple, output: Tensor) -> None:  # noqa: ANN001
+def _setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
     x, src, ptr, reduce = inputs
     ctx.reduce = reduce
     ctx.num_src = x.size(0)
@@ -132,7 +134,7 @@ def _setup_context(ctx, inputs: tuple, output: Tensor) -> None:  # noqa: ANN001
         ctx.save_for_backward(src, ptr)
 
 
-def _backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None, None]:  # noqa: ANN001
+def _backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
     if not ctx.needs_input_grad[0]:
         return None, None, None, None
     if ctx.reduce in ("max", "min"):
