@@ -192,9 +192,15 @@ def _compiled_select(q: Tensor, xk: Tensor, xk_sq: Tensor, bias: Tensor | LowRan
     return ops.knn_select(dot, (q * q).sum(-1, keepdim=True), xk_sq, b, kd, impl="cpp")
 
 
+# dtypes the compiled operators handle exactly like the torch ops they replace
+_COMPILED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
 def _use_compiled_select(x: Tensor, backend: str) -> bool:
-    if backend != "dense" or x.device.type != "cpu" or x.dtype != torch.float32:
+    if backend != "dense" or x.device.type != "cpu" or x.dtype not in _COMPILED_DTYPES:
         return False
+    if torch.is_autocast_enabled("cpu"):
+        return False  # autocast mixes dtypes inside the distance formula; keep torch's rounding
     if torch.compiler.is_compiling():
         return False  # exported / compiled programs stay pure PyTorch (portable, ONNX-friendly)
     return _ops_available()
@@ -712,9 +718,13 @@ def neighbor_reduce(x: Tensor, edge_index: EdgeIndex, reduce: str, impl: str = "
     r""":math:`\bigoplus_{j \in \mathcal{N}(i)} x_j` over a target-sorted graph → ``[N, C]``.
 
     The result equals PyG's generic ``x.index_select(0, edge_index[0])`` followed by
-    ``scatter(..., edge_index[1], reduce=reduce)`` (empty neighbourhoods give 0), including
-    its gradient. ``impl``: ``"auto"`` (the compiled fused op on CPU where it is built, a reshape
-    for a :class:`KNNEdgeIndex`, else PyG's scatter), ``"torch"`` (never the compiled op).
+    ``scatter(..., edge_index[1], reduce=reduce)`` (empty neighbourhoods give 0), and so does
+    its gradient, with one deliberate exception: where a max/min is exactly ``0.0``, PyG's CPU
+    scatter lets its zero initial value take a share of the gradient; here, as in
+    :func:`torch.amax`, the tied edges share it alone.
+
+    ``impl``: ``"auto"`` (the compiled fused op on CPU where it is built, a reshape for a
+    :class:`KNNEdgeIndex`, else PyG's scatter) or ``"torch"`` (never the compiled op).
     """
     if reduce not in _REDUCE_DIM:
         raise ValueError(f"reduce must be one of {sorted(_REDUCE_DIM)}, got {reduce!r}")
@@ -734,6 +744,7 @@ def neighbor_reduce(x: Tensor, edge_index: EdgeIndex, reduce: str, impl: str = "
 
 
 def _use_compiled_reduce(x: Tensor) -> bool:
-    if x.device.type != "cpu" or x.dtype != torch.float32 or torch.compiler.is_compiling():
+    if (x.device.type != "cpu" or x.dtype not in _COMPILED_DTYPES
+            or torch.compiler.is_compiling()):
         return False
     return _ops_available()
