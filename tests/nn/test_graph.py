@@ -412,3 +412,31 @@ def test_pyg_backend_uses_pyg_when_flagged(monkeypatch):
     monkeypatch.setattr(torch_geometric.typing, "WITH_KNN", True)
     assert resolve_backend("pyg") == "pyg"
     assert "pyg" in available_backends()
+
+
+# --------------------------------------------------------------------------- dense == torch
+@pytest.mark.parametrize("bias_kind", [None, "tensor", "lowrank"])
+@pytest.mark.parametrize("dilation", [1, 3])
+def test_dense_and_torch_backends_build_the_same_graph(bias_kind, dilation):
+    # "dense" selects with the compiled operator where it is built; "torch" always uses
+    # torch.topk on the same distances. The README promises the same graph, edge for edge.
+    torch.manual_seed(0)
+    sizes = [(40, 40)] * 3
+    x, batch, _, _ = make_graphs(sizes, False)
+    bias = make_bias(bias_kind, sizes)
+    a = knn_graph(x, 5, batch, dilation=dilation, bias=bias, backend="dense")
+    b = knn_graph(x, 5, batch, dilation=dilation, bias=bias, backend="torch")
+    assert torch.equal(a.as_tensor(), b.as_tensor())
+
+
+def test_knn_graph_returns_knn_edge_index():
+    x, batch, _, _ = make_graphs(SIZES, False)
+    ei = knn_graph(x, 3, batch)
+    assert isinstance(ei, KNNEdgeIndex) and ei.k == 3
+    assert ei.is_sorted_by_col and ei.sparse_size() == (x.size(0), x.size(0))
+    assert torch.equal(ei.get_indptr(), torch.arange(x.size(0) + 1) * 3)
+    # any edit returns a plain EdgeIndex, which no longer claims k-regularity
+    from torch_geometric.utils import dropout_edge
+
+    pruned, _ = dropout_edge(ei, p=0.5)
+    assert type(pruned) is not KNNEdgeIndex or pruned.k is None
