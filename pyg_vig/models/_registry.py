@@ -152,7 +152,7 @@ def get_pretrained_cfg(name: str) -> dict:
     return cfg
 
 
-def _normalise_overrides(builder: Callable, overrides: dict) -> dict:
+def _normalise_overrides(overrides: dict) -> dict:
     out = {}
     for key, value in overrides.items():
         key = _OVERRIDE_ALIASES.get(key, key)
@@ -204,7 +204,7 @@ def create_model(name: str, pretrained: bool = False, *, num_classes: int | None
             # the overlay names the source: drop the other one
             cfg.pop("url" if "file" in pretrained_cfg_overlay else "file", None)
     builder = _MODELS[canonical]
-    kwargs = _normalise_overrides(builder, overrides)
+    kwargs = _normalise_overrides(overrides)
     n_classes = cfg.get("num_classes", 1000) if num_classes is None else num_classes
     try:
         model = builder(num_classes=n_classes, **kwargs)

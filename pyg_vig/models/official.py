@@ -247,7 +247,6 @@ def from_official(arch: str, opt: Mapping, state_dict: Mapping[str, Tensor] | No
     return model
 
 
-@torch.no_grad()
 def relative_pos_matches(state_dict: Mapping[str, Tensor], model: nn.Module) -> bool:
     """Whether the official frozen ``relative_pos`` tables equal what this model recomputes."""
     blocks = _official_block_map(model)
