@@ -26,7 +26,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -245,18 +244,3 @@ def from_official(arch: str, opt: Mapping, state_dict: Mapping[str, Tensor] | No
     if state_dict is not None:
         model.load_state_dict(checkpoint_filter_fn(state_dict, model))
     return model
-
-
-def relative_pos_matches(state_dict: Mapping[str, Tensor], model: nn.Module) -> bool:
-    """Whether the official frozen ``relative_pos`` tables equal what this model recomputes."""
-    blocks = _official_block_map(model)
-    for key, value in state_dict.items():
-        m = re.match(r"backbone\.(\d+)\.0\.relative_pos$", key)
-        if not m:
-            continue
-        grapher = model.get_submodule(blocks[int(m.group(1))]).grapher
-        g = int(round(value.size(1) ** 0.5))
-        ours = grapher.relative_bias((g, g), value.device, value.dtype)
-        if not torch.equal(ours, value[0]):
-            return False
-    return True
