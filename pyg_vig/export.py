@@ -124,7 +124,7 @@ def save_program(model: nn.Module, path: str | Path, example: Tensor | None = No
 def to_onnx(model: nn.Module, path: str | Path, example: Tensor | None = None, *,
             dynamic_batch: bool = True, opset: int | None = None, verify: bool = True,
             classes: Sequence[str] | None = None, data_config: dict | None = None,
-            atol: float = 1e-3, rtol: float = 1e-3) -> Path:
+            tolerance: float = 1e-2) -> Path:
     """Export to ONNX through ``torch.export`` (``torch.onnx.export(dynamo=True)``).
 
     Args:
@@ -139,8 +139,10 @@ def to_onnx(model: nn.Module, path: str | Path, example: Tensor | None = None, *
             model's).
         data_config (dict, optional): preprocessing stored as metadata (default: the
             model's ``pretrained_cfg``).
-        atol (float): absolute tolerance of the verification. (default: :obj:`1e-3`)
-        rtol (float): relative tolerance of the verification. (default: :obj:`1e-3`)
+        tolerance (float): largest accepted ``max|onnx - eager| / max|eager|`` in the
+            verification. Another summation order can flip a k-NN neighbour that is tied to a
+            few ulps, which moves the logits by about 1e-3 relative; a wrong graph moves them by
+            far more. (default: :obj:`1e-2`)
 
     Raises:
         ImportError: onnx / onnxscript (and onnxruntime to verify) are missing:
@@ -170,7 +172,7 @@ def to_onnx(model: nn.Module, path: str | Path, example: Tensor | None = None, *
         onnx_program.model.metadata_props[METADATA_KEY] = json.dumps(meta)
         onnx_program.save(str(tmp))
         if verify:
-            _verify_onnx(model, tmp, x, dynamic_batch, atol, rtol)
+            _verify_onnx(model, tmp, x, dynamic_batch, tolerance)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -178,8 +180,8 @@ def to_onnx(model: nn.Module, path: str | Path, example: Tensor | None = None, *
 
 
 @torch.no_grad()
-def _verify_onnx(model: nn.Module, path: Path, x: Tensor, dynamic: bool, atol: float,
-                 rtol: float) -> None:
+def _verify_onnx(model: nn.Module, path: Path, x: Tensor, dynamic: bool,
+                 tolerance: float) -> None:
     runner = ExportedModel(path)
     if dynamic and runner.static_batch is not None:
         raise RuntimeError(f"the ONNX file has a fixed batch of {runner.static_batch}: the "
@@ -188,10 +190,15 @@ def _verify_onnx(model: nn.Module, path: Path, x: Tensor, dynamic: bool, atol: f
     for xb in inputs:
         want = model(xb).float().cpu()
         got = runner(xb.cpu())
-        if got.shape != want.shape or not torch.allclose(got, want, atol=atol, rtol=rtol):
-            err = (got - want).abs().max().item() if got.shape == want.shape else got.shape
+        if got.shape != want.shape:
+            raise RuntimeError(f"the exported ONNX model gives outputs of shape "
+                               f"{tuple(got.shape)} for a batch of {len(xb)}, the eager model "
+                               f"{tuple(want.shape)}; not saved")
+        rel = ((got - want).abs().max() / want.abs().max().clamp_min(1e-6)).item()
+        if not rel <= tolerance:
             raise RuntimeError(f"the exported ONNX model disagrees with the eager model on a "
-                               f"batch of {len(xb)} (max abs difference {err}); not saved")
+                               f"batch of {len(xb)} (max difference {rel:.2e} of the largest "
+                               f"logit, tolerance {tolerance:g}); not saved")
 
 
 class ExportedModel:

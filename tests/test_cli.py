@@ -187,6 +187,43 @@ def test_warmup_clamp_is_reported(trained, capsys, tmp_path):
     assert "warning: --warmup-epochs 20 >= --epochs 1" in capsys.readouterr().out
 
 
+def test_demo_also_scores_the_full_test_set(trained, capsys, tmp_path, monkeypatch):
+    """`train --demo` uses DEMO_CONFIG and, when Debian's dataset-fashion-mnist is installed,
+    prints the full test set's accuracy before the subset's (here both are small stand-ins)."""
+    import pyg_vig.datasets as datasets
+    from pyg_vig.train import DEMO_CONFIG
+
+    with np.load(embedded_path()) as d:  # the "embedded subset": 256 train / 64 test images
+        subset = {f"{s}_{k}": d[f"{s}_{k}"][:: len(d[f"{s}_labels"]) // n][:n]
+                  for s, n in (("train", 256), ("test", 64)) for k in ("images", "labels")}
+    np.savez(tmp_path / "subset.npz", **subset)
+    monkeypatch.setattr(datasets, "embedded_path", lambda: tmp_path / "subset.npz")
+    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_PATH", str(trained["data"]))
+    flags = ["--epochs", "1", "--warmup-epochs", "0.5", "--model-args", TINY_VIG, "--batch-size",
+             "32", "--no-progress", "--device", "cpu"]  # fmt: skip
+    assert main(["train", "--demo", *flags, "-o", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-3] == f"full_test_images=128 (Fashion-MNIST test set, {trained['data']})"
+    full = float(out[-2].removeprefix("full_test_accuracy="))
+    assert out[-1].startswith("test_accuracy=")
+    cfg = json.loads((tmp_path / "demo" / "config.json").read_text())
+    given = {"epochs": 1, "warmup_epochs": 0.5, "model_args": json.loads(TINY_VIG),
+             "batch_size": 32}
+    assert {k: cfg[k] for k in DEMO_CONFIG} == {**DEMO_CONFIG, **given}
+    summary = json.loads((tmp_path / "demo" / "metrics.json").read_text())["summary"]
+    assert summary["extra_eval"][0]["images"] == 128
+    assert summary["extra_eval"][0]["accuracy"] == pytest.approx(full, abs=1e-4)
+    # the number `pyg-vig eval RUN --data <IDX folder>` gives for the same weights
+    assert main(["eval", str(tmp_path / "demo"), "--data", str(trained["data"])]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"test_accuracy={full:.4f}"
+    # without the full set: a hint instead, and the subset's accuracy still ends the output
+    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_PATH", str(tmp_path / "absent"))
+    assert main(["train", "--demo", *flags, "-o", str(tmp_path / "demo2")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "dataset-fashion-mnist" in out[-2] and out[-1].startswith("test_accuracy=")
+    assert not any(line.startswith("full_test") for line in out)
+
+
 def _class_folder(tmp_path, trained):
     """An image folder whose class folders are the run's class names ('0'..'9')."""
     from pyg_vig.datasets import load_dataset
@@ -226,6 +263,7 @@ def test_export_pt2_dynamic_batch(trained, capsys, tmp_path):
     """Needs dynamic-batch torch.export of the model (the graph layer's export work)."""
     out = tmp_path / "m.pt2"
     assert main(["export", str(trained["run"]), "--format", "pt2", "-o", str(out)]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {out} (pt2, dynamic batch")
     pngs = [str(p) for p in trained["pngs"]]
     assert main(["predict", str(trained["run"]), *pngs, "--json"]) == 0
     ref = capsys.readouterr().out

@@ -155,8 +155,14 @@ def test_export_pretrained_pyramid_to_onnx(hub, capsys, tmp_path):
     photos = [str(p) for p in hub["photos"][:3]]
     assert main(["predict", str(out), *photos, "--json", "--topk", "5"]) == 0
     recs = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert len(recs) == 3
     for rec, logits in zip(recs, hub["logits"], strict=False):
-        assert [t["index"] for t in rec["top"]] == logits.topk(5).indices.tolist()
+        # the eager probabilities of the classes the ONNX file ranks first (ONNX Runtime sums
+        # in another order: a near-tied neighbour may flip, so no exact equality)
+        prob = logits.softmax(-1)
+        assert rec["top"][0]["index"] == int(prob.argmax())
+        for t in rec["top"]:
+            assert abs(t["prob"] - prob[t["index"]].item()) <= 1e-2
 
 
 def test_no_network_error_names_the_manual_route(capsys, tmp_path, monkeypatch):

@@ -69,9 +69,9 @@ def test_verification_catches_a_wrong_file(mini, tmp_path):
     path = to_onnx(mini, tmp_path / "m.onnx", x, dynamic_batch=False)
     other = pyg_vig.create_model("vig_mini", **TINY).eval()  # other random weights
     with pytest.raises(RuntimeError, match="disagrees with the eager model"):
-        _verify_onnx(other, path, x, False, 1e-3, 1e-3)
+        _verify_onnx(other, path, x, False, 1e-2)
     with pytest.raises(RuntimeError, match="fixed batch of 2"):
-        _verify_onnx(mini, path, x, True, 1e-3, 1e-3)
+        _verify_onnx(mini, path, x, True, 1e-2)
 
 
 def test_runtime_and_file_errors(tmp_path):

@@ -8,6 +8,7 @@ with random weights, and serve them from a local ``http.server``.
 from __future__ import annotations
 
 import http.server
+import math
 import threading
 from pathlib import Path
 
@@ -20,17 +21,30 @@ FIXTURES = Path(__file__).parent / "fixtures" / "official"
 
 
 def randomised(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Perturb every float parameter and BatchNorm statistic so that loading is visible."""
+    """Random weights at the scale of trained ones (logits of order 1, not 1e7 as a fresh deep
+    model gives): fan-in scaled matrices, BatchNorm statistics near (0, 1), and the last
+    BatchNorm of each residual branch (``fc2.1``) damped, so that exported graphs and eager
+    runs agree on the k-NN neighbours instead of flipping near-ties of huge activations."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, t in model.state_dict().items():
             if not t.is_floating_point():
                 continue
-            noise = torch.randn(t.shape, generator=g)
+            r = torch.randn(t.shape, generator=g)
             if name.endswith("running_var"):
-                t.copy_(0.5 + noise.abs())
+                t.copy_(0.5 + 0.5 * r.abs())
+            elif name.endswith("running_mean"):
+                t.copy_(0.1 * r)
+            elif name == "pos_embed":
+                t.copy_(0.02 * r)
+            elif t.dim() >= 2:
+                t.copy_(r / math.sqrt(t[0].numel()))  # fan-in scaling
+            elif name.endswith("fc2.1.weight"):
+                t.copy_(0.2 + 0.02 * r)  # end of a residual branch
+            elif name.endswith(".weight"):
+                t.copy_(1 + 0.1 * r)  # norm weights
             else:
-                t.add_(0.05 * noise)
+                t.copy_(0.1 * r)  # biases, GIN eps
     return model.eval()
 
 
