@@ -713,6 +713,26 @@ def reduce_regular(messages: Tensor, k: int, reduce: str) -> Tensor:
     return _REDUCE_DIM[reduce](rearrange(messages, "(n k) c -> n k c", k=k))
 
 
+def reduce_edges(messages: Tensor, edge_index: EdgeIndex, reduce: str) -> Tensor:
+    """Reduce per-edge ``messages`` ``[E, C]`` (in ``edge_index`` order, sorted by target) per
+    target → ``[N, C]``; empty neighbourhoods give 0, as PyG's scatter.
+    """
+    reduce = "sum" if reduce == "add" else reduce
+    k = regular_degree(edge_index)
+    if k is not None:
+        return reduce_regular(messages, k, reduce)
+    ptr = edge_index.get_indptr()
+    if _use_compiled_reduce(messages):
+        from pyg_vig import ops
+
+        # a segment reduction is a gather-reduce with the identity gather
+        identity = torch.arange(messages.size(0), device=messages.device)
+        return ops.gather_segment_reduce(messages, identity, ptr, reduce, impl="cpp")
+    from torch_geometric.utils import segment
+
+    return segment(messages, ptr, reduce=reduce)
+
+
 def neighbor_reduce(x: Tensor, edge_index: EdgeIndex, reduce: str, impl: str = "auto"
                     ) -> Tensor:
     r""":math:`\bigoplus_{j \in \mathcal{N}(i)} x_j` over a target-sorted graph → ``[N, C]``.

@@ -10,7 +10,7 @@ from torch_geometric.nn import MessagePassing
 
 from pyg_vig.nn.graph import (  # noqa: F401 (to_target_sorted is re-exported for the convs)
     neighbor_reduce,
-    reduce_regular,
+    reduce_edges,
     regular_degree,
     to_target_sorted,
 )
@@ -65,11 +65,7 @@ def fused_reduce(conv: MessagePassing, x_src: Tensor, edge_index: EdgeIndex) -> 
 
 def reduce_messages(conv: MessagePassing, messages: Tensor, edge_index: EdgeIndex) -> Tensor:
     """Reduce per-edge ``messages`` (in ``edge_index`` order) with ``conv.aggr`` → ``[N, C]``."""
-    k = regular_degree(edge_index)
-    if k is not None:
-        return reduce_regular(messages, k, conv.aggr)
-    ptr = edge_index.get_indptr()
-    return conv.aggregate(messages, edge_index.as_tensor()[1], ptr=ptr, dim_size=ptr.numel() - 1)
+    return reduce_edges(messages, edge_index, conv.aggr)
 
 
 def relative_to_target(conv: MessagePassing, agg: Tensor, x_dst: Tensor, edge_index: EdgeIndex
@@ -84,9 +80,9 @@ def relative_to_target(conv: MessagePassing, agg: Tensor, x_dst: Tensor, edge_in
     if k is not None:
         return agg - x_dst * k if conv.aggr in ("sum", "add") else agg - x_dst
     deg = edge_index.get_indptr().diff().unsqueeze(-1).to(x_dst.dtype)  # (N, 1)
-    if conv.aggr in ("sum", "add"):
-        return agg - x_dst * deg
-    return (agg - x_dst) * (deg > 0)
+    # agg - w * x_i in one pass; an empty neighbourhood has agg = 0 and w = 0
+    w = deg if conv.aggr in ("sum", "add") else (deg > 0).to(x_dst.dtype)
+    return torch.addcmul(agg, x_dst, w, value=-1)
 
 
 def interleave(x: Tensor, m: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ from pyg_vig.nn.conv._utils import (
     to_target_sorted,
     update_repr,
 )
-from pyg_vig.nn.graph import reduce_regular, regular_degree
+from pyg_vig.nn.graph import reduce_edges, regular_degree
 from pyg_vig.nn.linear import MultiHeadUpdate, can_fold, folded_linear_params, grouped_linear
 
 
@@ -98,10 +98,13 @@ class EdgeConv(MessagePassing):
         rel = v_src.index_select(0, src) - v_dst.index_select(0, dst)  # (E, O/2)
         if b2 is not None:
             rel = rel + b2
-        k = regular_degree(edge_index)
-        if norm is None and k is not None and self.aggr in ("max", "min", "mean"):
-            # Every target has k > 0 edges and the x_i half is the same on all of them.
-            return torch.cat([act(a), reduce_regular(act(rel), k, self.aggr)], dim=-1)
+        if norm is None and self.aggr in ("max", "min", "mean"):
+            # The x_i half is the same on every edge into i, so its max/min/mean is itself
+            # (0 for a target without edges, as PyG's scatter gives).
+            a = act(a)
+            if regular_degree(edge_index) is None:
+                a = a * (edge_index.get_indptr().diff() > 0).unsqueeze(-1).to(a.dtype)
+            return torch.cat([a, reduce_edges(act(rel), edge_index, self.aggr)], dim=-1)
         h = torch.cat([a.index_select(0, dst), rel], dim=-1)  # (E, O)
         if norm is not None:  # training: BatchNorm statistics over all edges
             h = norm(h)

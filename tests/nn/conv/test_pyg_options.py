@@ -9,6 +9,7 @@ reference and with PyG's generic path (a plain ``edge_index`` tensor).
 import pytest
 import torch
 from dense_reference import CountPaths, plain
+from torch_geometric import EdgeIndex
 from torch_geometric.explain import Explainer, GNNExplainer
 from torch_geometric.nn.aggr import MeanAggregation, SoftmaxAggregation
 from torch_geometric.utils import dropout_edge
@@ -75,13 +76,28 @@ def graphs(bipartite=False):
     ei = knn_graph(x, K, batch, y=y, batch_y=batch_y)
     shuffled = plain(ei)[:, torch.randperm(ei.size(1))]
     pruned, _ = dropout_edge(ei, p=0.4, training=True)
-    return x, y, {"knn": ei, "tensor": plain(ei), "shuffled": shuffled, "pruned": pruned}
+    # and a target left without any edge (PyG aggregates an empty neighbourhood to 0)
+    keep = plain(pruned)[1] != 3
+    lonely = EdgeIndex(plain(pruned)[:, keep], sparse_size=pruned.sparse_size(),
+                       sort_order="col")
+    return x, y, {"knn": ei, "tensor": plain(ei), "shuffled": shuffled, "pruned": pruned,
+                  "lonely": lonely}
+
+
+@pytest.fixture(params=["compiled", "pure_torch"])
+def kernels(request, monkeypatch):
+    """Run with the compiled operators (where they build) and with the pure-torch fallback."""
+    import pyg_vig.nn.graph as graph_mod
+
+    if request.param == "pure_torch":
+        monkeypatch.setattr(graph_mod, "_ops_available", lambda: False)
+    return request.param
 
 
 @pytest.mark.parametrize("aggr", AGGRS)
 @pytest.mark.parametrize("conv_cls", CONVS, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("bipartite", [False, True], ids=["self", "bipartite"])
-def test_aggr_on_every_graph(conv_cls, aggr, bipartite):
+def test_aggr_on_every_graph(conv_cls, aggr, bipartite, kernels):
     x, y, gs = graphs(bipartite)
     conv = randomize(conv_cls(C, OUT, aggr=aggr))
     inputs = x if y is None else (y, x)
