@@ -69,7 +69,7 @@ def main() -> None:
             for mode in ("eval", "train"):
                 conv.train(mode == "train")
 
-                def run(ei, conv=conv, mode=mode):
+                def run(ei, conv=conv, mode=mode, inputs=inputs):
                     if mode == "eval":
                         with torch.no_grad():
                             return conv(inputs, ei)
