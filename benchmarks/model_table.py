@@ -48,7 +48,7 @@ def main():
     for r in rows:
         alias = r["model"] + "_224_gelu"
         lines.append(f"| `{r['model']}` (`{alias}`) | {r['params_m']:.3f} | {r['gmacs']:.2f} | "
-                     f"{r['top1']} | official checkpoint via `checkpoint=` |")
+                     f"{r['top1']} | official, `pretrained=True` |")
     table = "\n".join(lines)
     print(table)
     if args.readme:

@@ -8,6 +8,7 @@ from pyg_vig.models import (
     list_models,
     load_checkpoint,
 )
+from pyg_vig.hub import get_pretrained_cfg, list_pretrained
 from pyg_vig.version import __version__
 
 __all__ = [
@@ -18,4 +19,6 @@ __all__ = [
     "list_models",
     "from_official",
     "load_checkpoint",
+    "list_pretrained",
+    "get_pretrained_cfg",
 ]
