@@ -1,5 +1,6 @@
 """pyg_vig: Vision GNN built from PyTorch Geometric parts."""
 
+from pyg_vig.hub import get_pretrained_cfg, list_pretrained
 from pyg_vig.models import (
     PyramidViG,
     ViG,
@@ -8,7 +9,6 @@ from pyg_vig.models import (
     list_models,
     load_checkpoint,
 )
-from pyg_vig.hub import get_pretrained_cfg, list_pretrained
 from pyg_vig.version import __version__
 
 __all__ = [

@@ -75,7 +75,7 @@ fig.suptitle("Neighbours of one node (star) in the k-NN graph of three ViG block
 fig.tight_layout()
 fig.savefig(out / "graph_depths.png", dpi=110)
 
-# ----------------------------------------------------------------- 2. plain vs dilated neighbourhoods
+# ------------------------------------------------------------ 2. plain vs dilated neighbourhoods
 feats = {}
 hook = iso.blocks[0].grapher.fc1.register_forward_hook(lambda m, i, o: feats.setdefault("x", o))
 with torch.no_grad():
