@@ -126,12 +126,13 @@ class Grapher(nn.Module):
         if self.relative_pos is None:
             return None
         key = (size, device, dtype)
-        tracing = torch.compiler.is_compiling()
-        if tracing:
-            # A constant of the traced program: built from real tensors, never from the
+        if torch.compiler.is_exporting():
+            # A constant of the exported program: built from real tensors, never from the
             # tracer's fake ones (they would end up in the program and in the cache).
             with _real_tensors():
                 return self._build_bias(size, device, dtype)
+        if torch.compiler.is_compiling():
+            return self._build_bias(size, device, dtype)  # traced by dynamo, never cached
         if key not in self._bias_cache:
             self._bias_cache[key] = self._build_bias(size, device, dtype)
         return self._bias_cache[key]
