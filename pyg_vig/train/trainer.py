@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import json
 import math
 import random
@@ -693,7 +694,23 @@ class Trainer:
                     f"test_acc {row['test_acc']:.4f}{' (EMA)' if cfg.ema else ''} | "
                     f"{row['img_per_s']:.0f} img/s | {epoch_time:.0f}s"
                 )
-        return self._finish(time.perf_counter() - t_start)
+        summary = self._finish(time.perf_counter() - t_start)
+        self._release_ddp()
+        return summary
+
+    def _release_ddp(self) -> None:
+        """Free the :class:`DistributedDataParallel` wrapper once training is over.
+
+        Its reducer holds a reference to the process group. Freed later, after
+        ``destroy_process_group``, the reducer would drop the group's last reference with the
+        GIL held, and the gloo destructor joins its worker threads, one of which may still have
+        to free a Python-owned tensor of the last collective (it needs the GIL): a deadlock at
+        exit. Freed here, the last reference is the one ``destroy_process_group`` drops, whose
+        destructor releases the GIL. Evaluation after :meth:`fit` uses the plain model.
+        """
+        if self.ddp_model is not self.model:
+            self.ddp_model = self.model
+            gc.collect()  # DDP holds reference cycles: free it now, not at some later collection
 
     def _progress_bar(self, epoch: int, steps: int, start_step: int):
         """A tqdm bar on a terminal; ``None`` (periodic plain lines instead) when stderr is a
@@ -715,8 +732,22 @@ class Trainer:
             leave=False,
         )
 
+    def _sync_eval_buffers(self) -> None:
+        """Give every rank rank 0's buffers of the final weights before a sharded evaluation.
+
+        Parameters are equal on all ranks, but on CPU each rank's BatchNorm running statistics
+        (and so the EMA's averaged buffers) follow its own batches. Rank 0's are the ones
+        ``model.safetensors`` holds, so with them every shard scores the saved weights and the
+        reported accuracy equals ``pyg-vig eval RUN``. Rank 0 is unchanged, and nothing flows
+        back into training (DDP broadcasts rank 0's buffers before each training step anyway).
+        """
+        if self.dist.distributed:
+            for buf in self._final_model().buffers():
+                dist.broadcast(buf, src=0)
+
     def _evaluate(self) -> tuple[float, float, Tensor, Tensor]:
         """Test loss/accuracy/predictions/targets of the final weights, over all ranks' shards."""
+        self._sync_eval_buffers()
         loss, _, pred, target = evaluate(
             self._final_model(), self.test_loader, self.dist.device, self.amp_dtype
         )
@@ -729,6 +760,52 @@ class Trainer:
             target = torch.cat([p[2] for p in parts])
         acc = (pred == target).float().mean().item() if len(target) else 0.0
         return loss, acc, pred, target
+
+    def evaluate_dataset(self, data: str, split: str = "test") -> dict[str, Any]:
+        """Score the final weights on another dataset with this run's classes and evaluation
+        transform, sharded over all ranks like the per-epoch test (call it after :meth:`fit`).
+
+        The demo uses it to report the full Fashion-MNIST test set (10,000 images) next to the
+        embedded subset's 5,000. The result is added to ``metrics.json``'s summary under
+        ``extra_eval`` and returned: ``{"data", "split", "images", "loss", "accuracy"}``.
+        """
+        cfg, ws = self.cfg, self.dist.world_size
+        dataset = load_dataset(
+            data,
+            split,
+            transform=build_transform(False, cfg.image_size, cfg.mean, cfg.std),
+            image_size=cfg.image_size,
+            in_chans=cfg.in_chans,
+            classes=cfg.classes,
+        )
+        if tuple(dataset[0][0].shape[-2:]) != (cfg.image_size, cfg.image_size):
+            dataset.transform = build_transform(
+                False, cfg.image_size, cfg.mean, cfg.std, resize=True
+            )
+        shard = Subset(dataset, range(self.dist.rank, len(dataset), ws)) if ws > 1 else dataset
+        loader = DataLoader(shard, batch_size=256, shuffle=False, num_workers=cfg.workers)
+        self._sync_eval_buffers()
+        loss, _, pred, target = evaluate(
+            self._final_model(), loader, self.dist.device, self.amp_dtype
+        )
+        loss_sum, correct, n = self._reduce(
+            loss * len(target), float((pred == target).sum()), float(len(target))
+        )
+        result = {
+            "data": data,
+            "split": split,
+            "images": int(n),
+            "loss": loss_sum / max(n, 1),
+            "accuracy": correct / max(n, 1),
+        }
+        if self.dist.is_main:
+            path = self.run_dir / "metrics.json"
+            payload = json.loads(path.read_text()) if path.is_file() else {}
+            summary = payload.get("summary") or {}
+            summary.setdefault("extra_eval", []).append(result)
+            payload["summary"] = summary
+            atomic_save(json.dumps(payload, indent=2).encode(), path)
+        return result
 
     def _finish(self, wall_time: float) -> dict[str, Any]:
         summary: dict[str, Any] = {}

@@ -20,9 +20,17 @@ sys.path.insert(0, {str(HERE)!r})
 from stand_in import stand_in_fn
 from pyg_vig.train import TrainConfig, Trainer, cleanup_distributed
 
-cfg = TrainConfig(**json.loads(sys.argv[1]))
-Trainer(cfg, sys.argv[2], model_fn=stand_in_fn).fit()
-cleanup_distributed()
+
+def main(cfg, run_dir):  # as `pyg-vig train`: the trainer is freed when this returns
+    try:
+        trainer = Trainer(cfg, run_dir, model_fn=stand_in_fn)
+        trainer.fit()
+        trainer.evaluate_dataset(cfg.data)  # sharded over the ranks like the per-epoch test
+    finally:
+        cleanup_distributed()  # a DDP reducer still alive here could deadlock on its release
+
+
+main(TrainConfig(**json.loads(sys.argv[1])), sys.argv[2])
 """
 
 
@@ -71,6 +79,10 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_idx, tmp_path):
     m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
     m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert m2["summary"]["world_size"] == 2 and m1["summary"]["world_size"] == 1
+    for m in (m1, m2):  # the extra evaluation of the test split gives the reported accuracy
+        assert m["summary"]["extra_eval"][0]["images"] == 128
+        assert m["summary"]["extra_eval"][0]["accuracy"] == pytest.approx(
+            m["summary"]["test_accuracy"])
     for r1, r2 in zip(m1["epochs"], m2["epochs"], strict=True):
         assert r1["step"] == r2["step"]
         assert r1["train_loss"] == pytest.approx(r2["train_loss"], rel=1e-4)
@@ -97,3 +109,16 @@ def test_torchrun_cli_vig_with_batchnorm(tiny_idx, tmp_path):
     for r1, r2 in zip(m1, m2, strict=True):
         assert r1["step"] == r2["step"]
         assert r2["train_loss"] == pytest.approx(r1["train_loss"], rel=0.05)
+    # Each process keeps its own BatchNorm statistics; the reported test loss is that of the
+    # saved weights (rank 0's statistics) on every shard, as `pyg-vig eval` computes it.
+    from torch.utils.data import DataLoader
+
+    from pyg_vig.datasets import build_transform, load_dataset
+    from pyg_vig.train import evaluate, load_trained_model
+
+    model, cfg = load_trained_model(tmp_path / "two")
+    test = load_dataset(tiny_idx, "test", transform=build_transform(False, 28, cfg.mean, cfg.std))
+    loss, acc, _, _ = evaluate(model, DataLoader(test, batch_size=64), torch.device("cpu"))
+    summary = json.loads((tmp_path / "two" / "metrics.json").read_text())["summary"]
+    assert summary["test_loss"] == pytest.approx(loss, rel=1e-5)
+    assert summary["test_accuracy"] == pytest.approx(acc)

@@ -86,6 +86,36 @@ def test_fit_writes_complete_run_folder(tiny_idx, tmp_path):
     assert acc == pytest.approx(summary["test_accuracy"])
 
 
+def test_evaluate_dataset_scores_the_final_weights_on_other_data(tiny_idx, tmp_path):
+    import numpy as np
+
+    from pyg_vig.datasets import read_idx, write_idx
+
+    run = tmp_path / "run"
+    trainer = Trainer(_cfg(tiny_idx, epochs=1), run, model_fn=stand_in_fn, log=lambda m: None)
+    summary = trainer.fit()
+    # the run's own test split: the accuracy fit() reported
+    same = trainer.evaluate_dataset(str(tiny_idx))
+    assert same["images"] == 128 and same["split"] == "test"
+    assert same["accuracy"] == pytest.approx(summary["test_accuracy"])
+    # another folder (the test images mirrored): the saved weights on those images
+    other = tmp_path / "mirrored"
+    other.mkdir()
+    images = read_idx(tiny_idx / "t10k-images-idx3-ubyte.gz")[:, :, ::-1]
+    write_idx(other / "t10k-images-idx3-ubyte.gz", np.ascontiguousarray(images))
+    labels = read_idx(tiny_idx / "t10k-labels-idx1-ubyte.gz")
+    write_idx(other / "t10k-labels-idx1-ubyte.gz", labels)
+    result = trainer.evaluate_dataset(str(other))
+    model, cfg = load_trained_model(run, model_fn=stand_in_fn)
+    x = (torch.from_numpy(images.copy()).float().div(255).unsqueeze(1) - cfg.mean[0]) / cfg.std[0]
+    with torch.no_grad():
+        expected = model(x).argmax(1).numpy() == labels
+    assert result["accuracy"] == pytest.approx(expected.mean())
+    extra = json.loads((run / "metrics.json").read_text())["summary"]["extra_eval"]
+    assert [e["data"] for e in extra] == [str(tiny_idx), str(other)]
+    assert extra[1] == result
+
+
 def test_refuses_to_overwrite_a_run_folder(tiny_idx, tmp_path):
     run = tmp_path / "run"
     _fit(_cfg(tiny_idx, epochs=1), run)
