@@ -199,7 +199,8 @@ def test_demo_also_scores_the_full_test_set(trained, capsys, tmp_path, monkeypat
     np.savez(tmp_path / "subset.npz", **subset)
     monkeypatch.setattr(datasets, "embedded_path", lambda: tmp_path / "subset.npz")
     monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_PATH", str(trained["data"]))
-    flags = ["--epochs", "1", "--warmup-epochs", "0.5", "--model-args", TINY_VIG, "--batch-size",
+    tiny = '{"embed_dims": [8, 16, 32], "depths": [1, 1, 1], "head_hidden": 32}'  # pvig_mini
+    flags = ["--epochs", "1", "--warmup-epochs", "0.5", "--model-args", tiny, "--batch-size",
              "32", "--no-progress", "--device", "cpu"]  # fmt: skip
     assert main(["train", "--demo", *flags, "-o", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -207,8 +208,7 @@ def test_demo_also_scores_the_full_test_set(trained, capsys, tmp_path, monkeypat
     full = float(out[-2].removeprefix("full_test_accuracy="))
     assert out[-1].startswith("test_accuracy=")
     cfg = json.loads((tmp_path / "demo" / "config.json").read_text())
-    given = {"epochs": 1, "warmup_epochs": 0.5, "model_args": json.loads(TINY_VIG),
-             "batch_size": 32}
+    given = {"epochs": 1, "warmup_epochs": 0.5, "model_args": json.loads(tiny), "batch_size": 32}
     assert {k: cfg[k] for k in DEMO_CONFIG} == {**DEMO_CONFIG, **given}
     summary = json.loads((tmp_path / "demo" / "metrics.json").read_text())["summary"]
     assert summary["extra_eval"][0]["images"] == 128

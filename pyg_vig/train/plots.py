@@ -59,14 +59,17 @@ def plot_training_curves(history: list[dict], path: str | Path, test_label: str 
     from matplotlib.ticker import MaxNLocator
 
     epochs = [h["epoch"] for h in history]
+    tested = [h for h in history if h.get("test_acc") is not None]  # --eval-every N skips some
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax_loss.plot(epochs, [h["test_loss"] for h in history], "o-", label=test_label)
+    ax_loss.plot([h["epoch"] for h in tested], [h["test_loss"] for h in tested], "o-",
+                 label=test_label)
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     ax_loss.legend()
     ax_acc.plot(epochs, [h["train_acc"] for h in history], "o-", label="train (augmented)")
-    ax_acc.plot(epochs, [h["test_acc"] for h in history], "o-", label=test_label)
+    ax_acc.plot([h["epoch"] for h in tested], [h["test_acc"] for h in tested], "o-",
+                label=test_label)
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy")
     ax_acc.legend()

@@ -428,8 +428,11 @@ class Trainer:
         )
         # each rank evaluates every world_size-th test image; the predictions are gathered
         shard = Subset(test, range(self.dist.rank, len(test), ws)) if ws > 1 else test
+        # its own generator too: each evaluation's iterator would otherwise draw from the global
+        # stream, and how often the test split is scored (--eval-every) would change training
         self.test_loader = DataLoader(
-            shard, batch_size=256, shuffle=False, num_workers=cfg.workers, pin_memory=pin
+            shard, batch_size=256, shuffle=False, num_workers=cfg.workers, pin_memory=pin,
+            generator=torch.Generator(),
         )
         self.train_set, self.test_set = train, test
 
@@ -681,22 +684,33 @@ class Trainer:
                 "epoch_time_s": round(epoch_time, 2),
                 "img_per_s": round(seen / max(epoch_time, 1e-9), 1),
             }
-            self._last_eval = self._evaluate()  # the weights model.safetensors holds
-            row["test_loss"], row["test_acc"] = self._last_eval[:2]
+            if self._evaluates_after(epoch + 1):
+                self._last_eval = self._evaluate()  # the weights model.safetensors holds
+                row["test_loss"], row["test_acc"] = self._last_eval[:2]
+            else:
+                self._last_eval = None
+                row["test_loss"] = row["test_acc"] = None
             self.history.append(row)
             start_step = 0
             self.save_state(epoch + 1, 0)
             self._write_weights(epoch=epoch + 1)
             self._write_metrics()
             if self.dist.is_main:
+                test = (f"test_acc {row['test_acc']:.4f}{' (EMA)' if cfg.ema else ''}"
+                        if row["test_acc"] is not None else "test_acc -")
                 self.log(
-                    f"epoch {epoch + 1}/{cfg.epochs} | loss {row['train_loss']:.4f} | "
-                    f"test_acc {row['test_acc']:.4f}{' (EMA)' if cfg.ema else ''} | "
+                    f"epoch {epoch + 1}/{cfg.epochs} | loss {row['train_loss']:.4f} | {test} | "
                     f"{row['img_per_s']:.0f} img/s | {epoch_time:.0f}s"
                 )
         summary = self._finish(time.perf_counter() - t_start)
         self._release_ddp()
         return summary
+
+    def _evaluates_after(self, epoch: int) -> bool:
+        """Whether the test split is scored after ``epoch`` (1-based): every ``eval_every``
+        epochs and always after the last one.
+        """
+        return epoch % max(self.cfg.eval_every, 1) == 0 or epoch >= self.cfg.epochs
 
     def _release_ddp(self) -> None:
         """Free the :class:`DistributedDataParallel` wrapper once training is over.
@@ -783,7 +797,8 @@ class Trainer:
                 False, cfg.image_size, cfg.mean, cfg.std, resize=True
             )
         shard = Subset(dataset, range(self.dist.rank, len(dataset), ws)) if ws > 1 else dataset
-        loader = DataLoader(shard, batch_size=256, shuffle=False, num_workers=cfg.workers)
+        loader = DataLoader(shard, batch_size=256, shuffle=False, num_workers=cfg.workers,
+                            generator=torch.Generator())
         self._sync_eval_buffers()
         loss, _, pred, target = evaluate(
             self._final_model(), loader, self.dist.device, self.amp_dtype

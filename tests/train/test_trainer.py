@@ -204,6 +204,32 @@ def test_paper_recipe_real_vig_fits(tiny_idx, tmp_path):
     assert type(model).__name__ == "ViG" and model.num_classes == 10
 
 
+def test_eval_every_scores_the_test_split_every_n_epochs_and_at_the_end(tiny_idx, tmp_path):
+    lines = []
+    every = Trainer(_cfg(tiny_idx, epochs=3, eval_every=2), tmp_path / "every",
+                    model_fn=stand_in_fn, log=lines.append).fit()  # fmt: skip
+    metrics = json.loads((tmp_path / "every" / "metrics.json").read_text())
+    assert [r["test_acc"] is None for r in metrics["epochs"]] == [True, False, False]
+    assert [ln.split(" | ")[2] for ln in lines if ln.startswith("epoch 1/3")] == ["test_acc -"]
+    csv = (tmp_path / "every" / "metrics.csv").read_text().splitlines()
+    assert csv[1].split(",")[5:7] == ["", ""]  # test_loss, test_acc of epoch 1
+    assert (tmp_path / "every" / "training_curves.png").is_file()
+    # evaluation changes nothing else: the same weights and final accuracy as every epoch
+    each = _fit(_cfg(tiny_idx, epochs=3), tmp_path / "each")
+    assert every["test_accuracy"] == each["test_accuracy"]
+    assert metrics["epochs"][1]["test_acc"] == pytest.approx(
+        json.loads((tmp_path / "each" / "metrics.json").read_text())["epochs"][1]["test_acc"])
+    a, _ = load_trained_model(tmp_path / "every", model_fn=stand_in_fn)
+    b, _ = load_trained_model(tmp_path / "each", model_fn=stand_in_fn)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    # a runtime setting: a resumed run may change it
+    Trainer(_cfg(tiny_idx, epochs=4, eval_every=1), tmp_path / "every", resume=True,
+            model_fn=stand_in_fn, log=lambda m: None).fit()  # fmt: skip
+    rows = json.loads((tmp_path / "every" / "metrics.json").read_text())["epochs"]
+    assert len(rows) == 4 and rows[3]["test_acc"] is not None
+
+
 def test_warmup_longer_than_the_run_is_clamped(tiny_idx, tmp_path):
     lines = []
     with pytest.warns(UserWarning, match="whole run a warm-up; using 0.2 warm-up epochs"):
