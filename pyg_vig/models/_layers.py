@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import torch
 import torch.nn as nn
 from torch import Tensor
 
 from pyg_vig.nn.linear import get_act
+from pyg_vig.nn.official import register_official_twin
 
 __all__ = ["ConvStem", "ClassifierHead"]
 
@@ -20,10 +22,18 @@ class ConvStem(nn.Module):
     in isotropic ViG; ``C/2, C`` then ``C`` for stride 4, as in pyramid ViG). BatchNorm follows
     every conv and the activation every conv but the last. Module indices mirror the official
     ``stem.convs`` Sequential so checkpoint keys match directly.
+
+    With ``channels_last=True`` (the default) the convolutions run on channels-last images: on
+    CPU oneDNN's NHWC kernels are faster (measured: 1.1-1.4x for the stem, forward and
+    backward), and the ``(B, C, H, W)`` output then already lies in memory as ``(B, H, W, C)``,
+    so turning it into node features ``[B*H*W, C]`` is a view, not a copy. The values equal the
+    channel-first convolution's up to float rounding; :func:`~pyg_vig.nn.to_official_numerics`
+    switches to the channel-first order of the official code.
     """
 
     def __init__(self, in_chans: int, out_channels: int, stride: int = 16,
-                 act: str | Callable = "gelu", device=None, dtype=None):
+                 act: str | Callable = "gelu", channels_last: bool = True, device=None,
+                 dtype=None):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         n_down = int(round(math.log2(stride)))
@@ -38,9 +48,23 @@ class ConvStem(nn.Module):
         layers += [nn.Conv2d(prev, out_channels, 3, 1, 1, **dd), nn.BatchNorm2d(out_channels, **dd)]
         self.convs = nn.Sequential(*layers)
         self.stride = stride
+        self.channels_last = channels_last
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.convs(x)
+
+
+class OfficialConvStem(ConvStem):
+    """:class:`ConvStem` in the official code's channel-first memory format (a twin for
+    :func:`~pyg_vig.nn.to_official_numerics`; same parameters)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.convs(x.contiguous())
+
+
+register_official_twin(ConvStem, OfficialConvStem)
 
 
 class ClassifierHead(nn.Module):

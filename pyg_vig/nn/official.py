@@ -33,7 +33,7 @@ from pyg_vig.nn.conv._utils import as_pair, interleave
 from pyg_vig.nn.graph import KNNEdgeIndex, batched_sources, knn_index, regular_degree
 from pyg_vig.nn.grapher import FFN, Grapher, _graph_assignment
 
-__all__ = ["to_official_numerics"]
+__all__ = ["to_official_numerics", "register_official_twin"]
 
 
 # --------------------------------------------------------------------------- channel-first ops
@@ -189,14 +189,22 @@ class OfficialFFN(FFN):
         return x + shortcut
 
 
-_TWINS = {Grapher: OfficialGrapher, FFN: OfficialFFN, **_CONV_TWINS}
+_TWINS: dict[type, type] = {Grapher: OfficialGrapher, FFN: OfficialFFN, **_CONV_TWINS}
+
+
+def register_official_twin(cls: type, twin: type) -> None:
+    """Make :func:`to_official_numerics` turn modules of type ``cls`` into ``twin`` (a subclass
+    of ``cls`` with no state of its own; it only changes the operation order)."""
+    if not (isinstance(twin, type) and issubclass(twin, cls)):
+        raise TypeError(f"{twin!r} must be a subclass of {cls!r}")
+    _TWINS[cls] = twin
 
 
 def to_official_numerics(model: nn.Module) -> nn.Module:
     """Convert ``model`` in place to the official code's float32 operation order; returns it.
 
-    Every :class:`~pyg_vig.nn.Grapher`, :class:`~pyg_vig.nn.FFN` and ViG graph convolution
-    becomes its channel-first twin (a subclass sharing all parameters and buffers; the state
+    Every :class:`~pyg_vig.nn.Grapher`, :class:`~pyg_vig.nn.FFN`, ViG graph convolution and
+    convolution stem becomes its channel-first twin (a subclass sharing all parameters and buffers; the state
     dict is unchanged). The converted model only accepts batches of equally sized images, and
     is slower: use it to reproduce official results exactly, not for production.
     """

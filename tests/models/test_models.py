@@ -4,6 +4,7 @@ The full-size models run at their minimum input size, not 224, to keep the suite
 and pvig_ti also run once at 224. Tests that take long on 2 CPU cores carry the ``slow`` marker.
 """
 
+import copy
 import math
 
 import pytest
@@ -549,3 +550,37 @@ def test_dtype_argument(name):
     assert {p.dtype for p in model.parameters()} == {torch.float64}
     with torch.no_grad():
         assert model(torch.randn(1, 1, 28, 28, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize("stride", [4, 16])
+def test_conv_stem_channels_last_feeds_nodes_without_a_copy(stride):
+    from pyg_vig.data.grid import GridLayout
+    from pyg_vig.models._layers import ConvStem, OfficialConvStem
+
+    torch.manual_seed(0)
+    stem = ConvStem(3, 32, stride).eval()
+    x = torch.randn(2, 3, 64, 64)  # channel-first input, as users pass it
+    with torch.no_grad():
+        y = stem(x)
+        ref = stem.convs(x)  # the channel-first convolutions
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    nodes, layout = GridLayout.from_images(y)
+    assert nodes.data_ptr() == y.data_ptr()  # [B*H*W, C] is a view of the NHWC output
+    assert torch.equal(nodes, y.permute(0, 2, 3, 1).reshape(-1, 32))
+    assert layout.grid == tuple(y.shape[-2:])
+    # gradients flow through the channels-last path like through the channel-first one
+    trained = copy.deepcopy(stem).train()
+    xg = x.clone().requires_grad_()
+    trained(xg).square().sum().backward()
+    g_cl = xg.grad.clone()
+    xg.grad = None
+    trained.convs(xg).square().sum().backward()
+    torch.testing.assert_close(g_cl, xg.grad, rtol=1e-4, atol=1e-4)
+    # the official-numerics twin runs the convolutions channel-first: bit-identical to them
+    model = torch.nn.Sequential(stem)
+    pyg_vig.nn.to_official_numerics(model)
+    assert type(model[0]) is OfficialConvStem
+    with torch.no_grad():
+        assert torch.equal(model[0](x), ref)
+        assert model[0](x).is_contiguous()
