@@ -58,7 +58,8 @@ class ConvStem(nn.Module):
 
 class OfficialConvStem(ConvStem):
     """:class:`ConvStem` in the official code's channel-first memory format (a twin for
-    :func:`~pyg_vig.nn.to_official_numerics`; same parameters)."""
+    :func:`~pyg_vig.nn.to_official_numerics`; same parameters).
+    """
 
     def forward(self, x: Tensor) -> Tensor:
         return self.convs(x.contiguous())

@@ -25,7 +25,6 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 from torch_geometric import EdgeIndex
@@ -266,6 +265,14 @@ def _sparse_topk(xq: Tensor, xk: Tensor, kd: int, bias: LowRankBias | None, back
 
 
 # --------------------------------------------------------------------------- batched entry
+def _l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """``F.normalize(x, dim=-1)``, bit for bit, with a broadcast instead of ``expand_as``: an
+    exported graph then divides by the ``[..., 1]`` norms directly (ONNX ``Expand`` would
+    materialise them at the size of ``x``).
+    """
+    return x / torch.linalg.vector_norm(x, 2, dim=-1, keepdim=True).clamp_min(eps)
+
+
 def knn_index(
     xq: Tensor,
     xk: Tensor | None,
@@ -297,8 +304,8 @@ def knn_index(
     backend = resolve_backend(backend)
     with torch.no_grad():
         if normalize:
-            xq = F.normalize(xq, p=2.0, dim=-1)
-            xk = xq if xk is None else F.normalize(xk, p=2.0, dim=-1)
+            xq = _l2_normalize(xq)
+            xk = xq if xk is None else _l2_normalize(xk)
         elif xk is None:
             xk = xq
         kd = k * dilation

@@ -194,7 +194,8 @@ _TWINS: dict[type, type] = {Grapher: OfficialGrapher, FFN: OfficialFFN, **_CONV_
 
 def register_official_twin(cls: type, twin: type) -> None:
     """Make :func:`to_official_numerics` turn modules of type ``cls`` into ``twin`` (a subclass
-    of ``cls`` with no state of its own; it only changes the operation order)."""
+    of ``cls`` with no state of its own; it only changes the operation order).
+    """
     if not (isinstance(twin, type) and issubclass(twin, cls)):
         raise TypeError(f"{twin!r} must be a subclass of {cls!r}")
     _TWINS[cls] = twin
@@ -204,9 +205,9 @@ def to_official_numerics(model: nn.Module) -> nn.Module:
     """Convert ``model`` in place to the official code's float32 operation order; returns it.
 
     Every :class:`~pyg_vig.nn.Grapher`, :class:`~pyg_vig.nn.FFN`, ViG graph convolution and
-    convolution stem becomes its channel-first twin (a subclass sharing all parameters and buffers; the state
-    dict is unchanged). The converted model only accepts batches of equally sized images, and
-    is slower: use it to reproduce official results exactly, not for production.
+    convolution stem becomes its channel-first twin (a subclass sharing all parameters and
+    buffers; the state dict is unchanged). The converted model only accepts batches of equally
+    sized images, and is slower: use it to reproduce official results exactly, not for production.
     """
     for module in model.modules():
         twin = _TWINS.get(type(module))

@@ -440,3 +440,21 @@ def test_knn_graph_returns_knn_edge_index():
 
     pruned, _ = dropout_edge(ei, p=0.5)
     assert type(pruned) is not KNNEdgeIndex or pruned.k is None
+
+
+def test_l2_normalize_is_f_normalize_bit_for_bit_and_exports_without_expand():
+    import torch.nn.functional as F
+
+    from pyg_vig.nn.graph import _l2_normalize
+
+    x = torch.randn(3, 50, 24) * 5
+    x[0, 0] = 0.0  # a zero row: both clamp the norm at eps
+    assert torch.equal(_l2_normalize(x), F.normalize(x, p=2.0, dim=-1))
+
+    class Norm(torch.nn.Module):
+        def forward(self, x):
+            return _l2_normalize(x)
+
+    ops = {n.target for n in torch.export.export(Norm(), (x,)).graph.nodes
+           if n.op == "call_function"}
+    assert torch.ops.aten.expand.default not in ops
