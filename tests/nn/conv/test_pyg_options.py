@@ -122,6 +122,22 @@ def test_mean_is_not_max_on_a_knn_graph():
     torch.testing.assert_close(pruned_mean, reference(conv_mean, x, x, gs["pruned"], "mean"))
 
 
+@pytest.mark.parametrize("aggr", AGGRS)
+@pytest.mark.parametrize("conv_cls", CONVS, ids=lambda c: c.__name__)
+def test_which_graphs_take_the_fused_path(conv_cls, aggr):
+    # What docs/graph.md promises: every target-sorted EdgeIndex (k-NN, pruned by dropout_edge,
+    # with an empty neighbourhood) takes the fused gather-reduce for sum/mean/max/min; a plain
+    # or shuffled tensor takes PyG's generic path. Both give the reference result.
+    x, _, gs = graphs()
+    conv = randomize(conv_cls(C, OUT, aggr=aggr))
+    for name, ei in gs.items():
+        with CountPaths(conv) as paths:
+            out = conv(x, ei)
+        fused = name in ("knn", "pruned", "lonely")
+        assert (paths.fused, paths.generic) == ((1, 0) if fused else (0, 1)), name
+        torch.testing.assert_close(out, reference(conv, x, x, ei, aggr), rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("conv_cls", [MRConv, EdgeConv, SAGEConv], ids=lambda c: c.__name__)
 @pytest.mark.parametrize("aggr", [["mean", "max"], "list"])
 def test_aggregation_lists_and_modules(conv_cls, aggr):
