@@ -98,6 +98,10 @@ def test_bad_input_gives_one_error_line(trained, capsys, tmp_path):
     # missing data path
     _error(capsys, ["train", "--data", str(tmp_path / "nope"), "-o", str(tmp_path / "r")], "nope")
     assert not (tmp_path / "r").exists()
+    # numbers out of range: one line naming each setting and its range, no run folder
+    _error(capsys, ["train", "--demo", "--epochs", "0", "--eval-every", "0", "-o",
+                    str(tmp_path / "r0")], "epochs=0 (must be at least 1); eval_every=0")
+    assert not (tmp_path / "r0").exists()
     # unreadable image and missing image: reported, then the summary line
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")

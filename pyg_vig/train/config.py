@@ -70,6 +70,35 @@ class TrainConfig:
     eval_every: int = 1  # epochs between test-split evaluations (always after the last epoch)
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        # every out-of-range number at once, each with the range it must be in
+        checks = [
+            ("epochs", self.epochs >= 1, "at least 1"),
+            ("batch_size", self.batch_size >= 1, "at least 1"),
+            ("lr", self.lr > 0, "positive"),
+            ("min_lr", self.min_lr >= 0, "0 or more"),
+            ("weight_decay", self.weight_decay >= 0, "0 or more"),
+            ("warmup_epochs", self.warmup_epochs >= 0, "0 or more"),
+            ("clip_grad", self.clip_grad is None or self.clip_grad > 0, "positive (or None)"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
+            ("mixup", self.mixup >= 0, "0 or more"),
+            ("cutmix", self.cutmix >= 0, "0 or more"),
+            ("mixup_prob", 0 <= self.mixup_prob <= 1, "in [0, 1]"),
+            ("reprob", 0 <= self.reprob <= 1, "in [0, 1]"),
+            ("hflip", 0 <= self.hflip <= 1, "in [0, 1]"),
+            ("crop_padding", self.crop_padding >= 0, "0 or more"),
+            ("drop_path", 0 <= self.drop_path < 1, "in [0, 1)"),
+            ("drop", 0 <= self.drop < 1, "in [0, 1)"),
+            ("ema_decay", 0 < self.ema_decay < 1, "in (0, 1)"),
+            ("workers", self.workers >= 0, "0 or more"),
+            ("checkpoint_every", self.checkpoint_every >= 0, "0 (epoch ends only) or more"),
+            ("eval_every", self.eval_every >= 1, "at least 1 (the last epoch is always scored)"),
+        ]
+        bad = [f"{name}={getattr(self, name)!r} (must be {rule})"
+               for name, ok, rule in checks if not ok]
+        if bad:
+            raise ConfigError("invalid setting(s): " + "; ".join(bad))
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON view."""
         return dataclasses.asdict(self)

@@ -138,10 +138,12 @@ def test_resume_checks(tiny_idx, tmp_path):
 
 
 def test_resume_with_more_epochs_extends_a_finished_run(tiny_idx, tmp_path):
+    shorter = tmp_path / "shorter"
+    _fit(_cfg(tiny_idx, epochs=2), shorter)
+    with pytest.raises(ConfigError, match="epochs: saved 2 vs given 1.*fewer epochs"):
+        _fit(_cfg(tiny_idx, epochs=1), shorter, resume=True)
     run = tmp_path / "run"
     _fit(_cfg(tiny_idx, epochs=1), run)
-    with pytest.raises(ConfigError, match="epochs: saved 1 vs given 0.*fewer epochs"):
-        _fit(_cfg(tiny_idx, epochs=0), run, resume=True)
     lines = []
     summary = Trainer(_cfg(tiny_idx, epochs=3), run, resume=True, model_fn=stand_in_fn,
                       log=lines.append).fit()  # fmt: skip
@@ -328,3 +330,13 @@ def test_ema_warmup_avg_fn():
             d = min(0.99, (1 + n) / (10 + n))  # n updates averaged so far
             expected = d * expected + (1 - d) * n
         assert ema.module.weight.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_out_of_range_settings_are_refused_with_their_ranges(tiny_idx, tmp_path):
+    with pytest.raises(ConfigError) as e:
+        _cfg(tiny_idx, epochs=0, eval_every=0, ema_decay=1.0, label_smoothing=-0.1)
+    msg = str(e.value)
+    for part in ("epochs=0 (must be at least 1)", "eval_every=0",
+                 "ema_decay=1.0 (must be in (0, 1))", "label_smoothing=-0.1 (must be in [0, 1))"):
+        assert part in msg
+    assert not (tmp_path / "run").exists()
