@@ -710,7 +710,7 @@ class Trainer:
         """Whether the test split is scored after ``epoch`` (1-based): every ``eval_every``
         epochs and always after the last one.
         """
-        return epoch % max(self.cfg.eval_every, 1) == 0 or epoch >= self.cfg.epochs
+        return epoch % self.cfg.eval_every == 0 or epoch >= self.cfg.epochs  # eval_every >= 1
 
     def _release_ddp(self) -> None:
         """Free the :class:`DistributedDataParallel` wrapper once training is over.

@@ -103,14 +103,18 @@ def test_fanin_equivalence(name, official):
     # (~1e-7 relative). Candidates the official code separates by only a couple of ulps
     # (min_gap_within_topkd / min_gap_at_boundary <= 1e-6, e.g. 2.4e-7 in the last isotropic
     # block) may then swap; a swap changes the features that later blocks see, so only the
-    # blocks before the first near-tie are compared exactly, and the logits, which move by
-    # up to ~1e-3 after a swap, within 5e-3.
+    # blocks before the first near-tie are compared exactly, the first near-tie block itself
+    # may swap at most one row, and the logits, which move by up to ~1e-3 after a swap, stay
+    # within 5e-3.
     flips, tied = 0, False
     for i, (edge_index, ref) in enumerate(zip(graph.edge_indices, fx["knn"], strict=True)):
         bad = _knn_mismatches(edge_index, ref)
-        tied = tied or min(ref["min_gap_within_topkd"], ref["min_gap_at_boundary"]) <= 1e-6
-        if not tied:
+        near_tie = min(ref["min_gap_within_topkd"], ref["min_gap_at_boundary"]) <= 1e-6
+        if not tied and not near_tie:
             assert bad == 0, f"block {i}"
+        elif not tied:
+            assert bad <= 1, f"block {i}: {bad} rows differ at the first near-tie"
+        tied = tied or near_tie
         flips += bad
     assert _rel_err(logits, fx["logits"]) <= (1e-4 if flips == 0 else 5e-3)
 
