@@ -1,11 +1,12 @@
 # Two entry points, both idempotent, both using the virtual environment .venv in this folder:
 #   make demo   set up, then train + evaluate a small ViG on the embedded Fashion-MNIST subset
-#   make test   set up (with the torch-cluster / torch-scatter and export extras), then run the tests
-# GPU users: make test TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu126"
+#   make test   set up (with the torch-cluster / torch-scatter, export and detection extras), then run the tests
+# TORCH_SPEC is PyPI's default build (CUDA-enabled, runs on CPU too), the one `pip install torch` gives and
+# the one PyPI's torchvision wheels load beside; timm and torchvision are part of the base set-up.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-TORCH_SPEC ?= torch==2.13.0
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: demo test ops lint clean-venv
 
@@ -13,12 +14,12 @@ $(VENV)/.base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e '.[timm]'
 	touch $@
 
-# The test and export extras (pytest, ruff, onnx, onnxscript, onnxruntime).
+# The test, export and detection extras (pytest, ruff, onnx, onnxscript, onnxruntime, pycocotools).
 $(VENV)/.extras: $(VENV)/.base
-	$(PY) -m pip install -q -e '.[test,export]'
+	$(PY) -m pip install -q -e '.[test,export,detection]'
 	touch $@
 
 # torch-scatter / torch-cluster have no wheels for every torch build: they compile from source
