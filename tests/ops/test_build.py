@@ -101,7 +101,9 @@ def test_processes_share_the_build_and_survive_a_stale_lock(compiled):
     for p, (out, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err
         assert out.strip() == ops.library_path()
-    assert not (directory / "lock").exists()
+    # Both loaded instead of waiting on the stale file (communicate's timeout would raise).
+    # torch < 2.14's FileBaton deletes its lock file after a load; torch 2.14's lock keeps the
+    # file (the lock is the flock on it, not the file's existence), so it may be there again.
 
 
 @pytest.mark.slow
