@@ -85,3 +85,27 @@ def test_run_rounds_rotates_and_flags(monkeypatch):
     assert calls == ["a", "b", "b", "a"]
     assert [r.busy for r in rows] == [False, True, True, False]
     assert any("WARNING" in line for line in logs)
+
+
+def test_from_rounds_renders_ratios(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import subprocess
+
+    rows = []
+    for r in range(3):
+        rows += [harness.RoundRow(r, 0, "default", "vig_ti", 50.0 + r, 0.0, False),
+                 harness.RoundRow(r, 1, "ort", "vig_ti", 70.0, 0.0, False),
+                 harness.RoundRow(r, 2, "official_ort", "vig_ti", 50.0, 0.0, r == 2)]
+    rc = tmp_path / "x_rounds.csv"
+    harness.write_rounds_csv(str(rc), rows)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+    p = subprocess.run([sys.executable, str(script), "--from-rounds", str(rc),
+                        "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "WARNING: 1 of 9 runs" in p.stdout
+    table = (tmp_path / "x_isolated.csv").read_text().splitlines()
+    by = {ln.split(",")[1]: ln.split(",") for ln in table[1:]}
+    assert float(by["default"][2]) == 51.0
+    assert float(by["eager_vs_official_ort"][2]) == pytest.approx(51.0 / 50.0)
+    assert by["eager_vs_official_ort"][6] == "met"
+    assert float(by["ort_vs_official_ort"][2]) == pytest.approx(1.4)
