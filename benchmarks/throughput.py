@@ -360,7 +360,18 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=None,
                     help="output prefix (default: results/throughput, _cuda on a GPU)")
+    ap.add_argument("--isolated", action="store_true",
+                    help="fair mode: each engine (path) in a process of its own, in --rounds rotated "
+                         "rounds (eval, fp32); writes <out>_rounds.csv and <out>_isolated.csv/.png")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of --isolated")
+    ap.add_argument("--busy-threshold", type=float, default=0.10,
+                    help="flag a row busy when other processes used more than this CPU fraction")
+    ap.add_argument("--from-rounds", default=None,
+                    help="re-render table/CSV/PNG from a saved <out>_rounds.csv, timing nothing")
+    ap.add_argument("--child-json", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.isolated or args.from_rounds:
+        return isolated_main(args)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -414,7 +425,101 @@ def main() -> None:
         common.print_table(tg)
         common.write_csv(out + "_targets.csv", tg)
     print(f"wrote {common.write_csv(out + '.csv', rows)}")
+    if args.child_json:
+        import json
+
+        ok = [r for r in rows if r.get("img_s")]
+        print(json.dumps({"img_s": ok[0]["img_s"] if ok else float("nan"),
+                          "status": ok[0].get("status", "") if ok else "no row"}))
+        return
     _plot(rows, out + ".png", machine)
+
+
+ISOLATED_DEFAULT = ["default", "ort", "official", "official_ort"]
+# (name, numerator, denominator, target): the issue's two ratios
+ISOLATED_RATIOS = [("eager_vs_official_ort", "default", "official_ort", 1.0),
+                   ("ort_vs_official_ort", "ort", "official_ort", 1.3)]
+
+
+def isolated_main(args: argparse.Namespace) -> None:
+    """Each engine in its own process, alternating rounds; or re-render from a rounds CSV."""
+    import tempfile
+
+    import harness
+
+    out = args.out or os.path.join(common.RESULTS_DIR, "throughput")
+    if args.from_rounds:
+        rows = harness.read_rounds_csv(args.from_rounds)
+    else:
+        paths = [p for p in args.paths if p not in ("compile", "scatter", "dense_ref")] \
+            if args.paths != PATHS else list(ISOLATED_DEFAULT)
+        batch = (args.batch or [16])[0]
+        tmp = tempfile.mkdtemp(prefix="pyg_vig_bench_")
+        here = os.path.abspath(__file__)
+
+        def make_cmd(engine: str, model: str) -> list[str]:
+            cmd = [sys.executable, here, "--models", model, "--paths", engine, "--modes", "eval",
+                   "--batch", str(batch), "--threads", str(args.threads), "--size", str(args.size),
+                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
+                   "--out", os.path.join(tmp, f"{model}_{engine}"), "--child-json"]
+            return cmd + (["--no-check"] if args.no_check else [])
+
+        rows = []
+        for model in args.models:
+            rows += harness.run_rounds(paths, model, args.rounds, make_cmd,
+                                       busy_threshold=args.busy_threshold)
+        harness.write_rounds_csv(out + "_rounds.csv", rows)
+        print(f"wrote {out}_rounds.csv")
+    render_isolated(rows, out)
+
+
+def render_isolated(rows: list, out: str) -> list[dict]:
+    import harness
+
+    summ = harness.summarize(rows)
+    table = []
+    for (model, engine), s in sorted(summ.items()):
+        spread = (s["max"] - s["min"]) / s["median"] if s["median"] == s["median"] and s["median"] else float("nan")
+        table.append({"model": model, "engine": engine, "median_img_s": s["median"],
+                      "min": s["min"], "max": s["max"], "spread": spread, "n": s["n"],
+                      "n_busy_dropped": s["n_busy"]})
+    for model in sorted({m for m, _ in summ}):
+        for name, num, den, goal in ISOLATED_RATIOS:
+            v = harness.ratio(summ, model, num, den)
+            table.append({"model": model, "engine": name, "median_img_s": v,
+                          "min": goal, "max": "", "spread": "",
+                          "n": "met" if v == v and v >= goal else "NOT met", "n_busy_dropped": ""})
+    common.print_table(table)
+    n_busy = sum(r.busy for r in rows)
+    if n_busy:
+        print(f"\n!!! WARNING: {n_busy} of {len(rows)} runs were measured while other processes "
+              f"used the CPU; they are left out of the medians. Rerun on a quiet machine. !!!")
+    print(f"wrote {common.write_csv(out + '_isolated.csv', table)}")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        models = sorted({m for m, _ in summ})
+        engines = sorted({e for _, e in summ})
+        fig, ax = plt.subplots(figsize=(1.5 + 1.8 * len(models), 4))
+        w = 0.8 / max(1, len(engines))
+        for i, e in enumerate(engines):
+            med = [summ.get((m, e), {}).get("median", float("nan")) for m in models]
+            lo = [med[j] - summ.get((m, e), {}).get("min", float("nan")) for j, m in enumerate(models)]
+            hi = [summ.get((m, e), {}).get("max", float("nan")) - med[j] for j, m in enumerate(models)]
+            ax.bar([j + i * w for j in range(len(models))], med, w, yerr=[lo, hi], label=e)
+        ax.set_xticks([j + w * (len(engines) - 1) / 2 for j in range(len(models))], models)
+        ax.set_ylabel("img/s (median, min-max)")
+        ax.set_title("each engine in its own process, rotated rounds")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out + "_isolated.png", dpi=100)
+        print(f"wrote {out}_isolated.png")
+    except ImportError:
+        print("[matplotlib missing: no PNG]")
+    return table
 
 
 def _plot(rows: list[dict], path: str, title: str) -> None:
