@@ -46,4 +46,4 @@ class DropPath(nn.Module):
         return x * mask.index_select(0, batch).unsqueeze(-1)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}, scale_by_keep={self.scale_by_keep}"
+        return f"p={self.p}" + ("" if self.scale_by_keep else ", scale_by_keep=False")
