@@ -17,25 +17,33 @@ class DropPath(nn.Module):
 
     Args:
         p (float): drop probability. (default: :obj:`0.`)
+        scale_by_keep (bool): scale surviving graphs by ``1 / (1 - p)`` as timm's
+            ``DropPath(scale_by_keep=True)``. (default: :obj:`True`)
+
+    No host synchronisation: without ``num_graphs`` one draw is made per possible graph id
+    (``batch.numel()`` of them) instead of reading ``batch.max()`` back from the device.
     """
 
-    def __init__(self, p: float = 0.0):
+    def __init__(self, p: float = 0.0, scale_by_keep: bool = True):
         super().__init__()
         self.p = float(p)
+        self.scale_by_keep = bool(scale_by_keep)
 
     def forward(self, x: Tensor, batch: Tensor | None = None, num_graphs: int | None = None
                 ) -> Tensor:
         if self.p == 0.0 or not self.training:
             return x
         keep = 1.0 - self.p
-        if keep <= 0.0:
-            return torch.zeros_like(x)
         if batch is None:
             mask = x.new_empty(1).bernoulli_(keep)
-            return x * (mask / keep)
-        B = num_graphs if num_graphs is not None else int(batch.max()) + 1
-        mask = x.new_empty(B).bernoulli_(keep) / keep
+        else:
+            B = num_graphs if num_graphs is not None else batch.numel()
+            mask = x.new_empty(B).bernoulli_(keep)
+        if keep > 0.0 and self.scale_by_keep:
+            mask = mask / keep
+        if batch is None:
+            return x * mask
         return x * mask.index_select(0, batch).unsqueeze(-1)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return f"p={self.p}" + ("" if self.scale_by_keep else ", scale_by_keep=False")
