@@ -18,6 +18,7 @@ from torch_geometric.data import Batch
 
 from pyg_vig.data.grid import GridLayout
 from pyg_vig.models._base import ClassifierHead, ConvStem, ViGBase
+from pyg_vig.models.features import feature_take_indices
 from pyg_vig.models.vig import _make_graph
 from pyg_vig.nn.grapher import ViGBlock
 
@@ -204,21 +205,19 @@ class PyramidViG(ViGBase):
 
     def forward_intermediates(self, x: Tensor | Sequence[Tensor],
                               indices: int | Sequence[int] | None = None,
-                              intermediates_only: bool = False):
-        """Feature maps of the stages in ``indices`` (all by default; an int = the last n).
+                              norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """Feature maps of the stages in ``indices`` (timm's ``forward_intermediates``).
 
-        Returns ``(final_features, [maps])`` or only the maps with ``intermediates_only``.
+        ``indices`` follows timm's ``feature_take_indices``: ``None`` = every stage, an int n =
+        the last n stages, a sequence = those stages (negative counts from the end). ``norm``
+        and ``stop_early`` are accepted for timm's API (there is no final norm; the head is
+        separate, so every stage runs). Returns ``(final_features, [maps])`` or only the maps
+        with ``intermediates_only``.
         """
-        n = len(self.stages)
-        if indices is None:
-            take = list(range(n))
-        elif isinstance(indices, int):
-            take = list(range(n - indices, n))
-        else:
-            take = [i if i >= 0 else n + i for i in indices]
-        for i in take:
-            if not 0 <= i < n:
-                raise ValueError(f"stage index {i} out of range for {n} stages")
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW' (got {output_fmt!r})")
+        take, _ = feature_take_indices(len(self.stages), indices)
         nodes, layout, _, outs = self.forward_nodes(x, stage_outputs=True)
         maps = [self._to_maps(*outs[i]) for i in take]
         maps = [m.contiguous() if isinstance(m, Tensor) else [t.contiguous() for t in m]
@@ -227,12 +226,14 @@ class PyramidViG(ViGBase):
             return maps
         return self._to_maps(nodes, layout), maps
 
-    def prune_intermediate_layers(self, indices: int | Sequence[int] = 4,
-                                  prune_head: bool = True) -> list[int]:
-        """Drop the stages after the last one in ``indices`` (and the head) → kept indices."""
-        n = len(self.stages)
-        take = list(range(n - indices, n)) if isinstance(indices, int) else list(indices)
-        last = max(take)
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1,
+                                  prune_norm: bool = False, prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last one in ``indices`` (and the head) → kept indices.
+
+        ``indices`` follows timm's ``feature_take_indices`` (an int n = the last n stages,
+        negative indices count from the end); the returned indices are absolute.
+        """
+        take, last = feature_take_indices(len(self.stages), indices)
         self.stages = self.stages[: last + 1]
         if prune_head:
             self.reset_classifier(0)
