@@ -270,12 +270,16 @@ def create_model(name: str, pretrained: bool = False, *, num_classes: int | None
     return model
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load an official or pyg_vig checkpoint file into ``model`` (never unpickles objects)."""
+def load_checkpoint(model: nn.Module, path: str | Path, use_ema: bool = True) -> nn.Module:
+    """Load an official or pyg_vig checkpoint file into ``model`` (never unpickles objects).
+
+    As timm's ``load_checkpoint``: with ``use_ema`` (default) the ``state_dict_ema`` /
+    ``model_ema`` entry is loaded when the file has one, else ``state_dict`` / ``model``.
+    """
     from pyg_vig.models.official import checkpoint_filter_fn
     from pyg_vig.utils.checkpoint import load_state_dict_file
 
-    state_dict, meta = load_state_dict_file(path)
+    state_dict, meta = load_state_dict_file(path, use_ema=use_ema)
     arch = meta.get("model_name") or meta.get("arch") or meta.get("model")
     ours = getattr(model, "model_name", None)
     if arch and ours and resolve_name(str(arch)) != ours:
