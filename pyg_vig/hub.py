@@ -25,6 +25,7 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
@@ -103,7 +104,8 @@ def download_cached_file(url: str, progress: bool = True) -> tuple[Path, bool]:
     except http.client.IncompleteRead as e:
         raise WeightsDownloadError(
             f"the download of {url} was cut short"
-            f"{'' if e.expected is None else f' ({e.expected} bytes missing)'}; nothing was cached, try again. {_manual_route(url, path)}"
+            f"{'' if e.expected is None else f' ({e.expected} bytes missing)'}; nothing was "
+            f"cached, try again. {_manual_route(url, path)}"
         ) from None
     except urllib.error.HTTPError as e:
         raise WeightsDownloadError(
@@ -197,12 +199,15 @@ def _adapt_in_chans(weight: Tensor, in_chans: int) -> Tensor:
 
 
 def load_pretrained(model: nn.Module, pretrained_cfg: dict | None = None, *,
-                    num_classes_given: bool = False, progress: bool = True) -> nn.Module:
+                    num_classes_given: bool = False, progress: bool = True,
+                    filter_fn: Callable | None = None) -> nn.Module:
     """Load the weights ``pretrained_cfg`` points to (``file`` or ``url``) into ``model``.
 
     * A classifier of another size than the weights' is either rebuilt for the weights
       (``num_classes_given=False``: the caller did not ask for a class count) or kept freshly
       initialised (``num_classes_given=True``, fine-tuning); both cases are logged.
+    * ``filter_fn(state_dict, model)`` converts the file's keys (default:
+      :func:`~pyg_vig.models.official.convert_state_dict`, official or our layout).
     * RGB stem weights are adapted to a model with another ``in_chans``.
     * A downloaded file that cannot be read (truncated, corrupt) is deleted from the cache; a
       readable one that holds no usable weights is kept and the error says why.
@@ -256,7 +261,8 @@ def load_pretrained(model: nn.Module, pretrained_cfg: dict | None = None, *,
             model.reset_classifier(theirs)
             _logger.info("%s: the weights have a %d-class classifier; model rebuilt for %d "
                          "classes", name, theirs, theirs)
-    converted = convert_state_dict(state_dict, model)
+    # the filter converts keys; the key check below runs after the head is (maybe) dropped
+    converted = (filter_fn or convert_state_dict)(state_dict, model)
     target = model.state_dict()
     stem = "stem.convs.0.weight"
     if stem in converted and stem in target and converted[stem].shape[1] != target[stem].shape[1]:

@@ -239,34 +239,22 @@ def create_model(name: str, pretrained: bool = False, *, num_classes: int | None
             ``in_chans``, ``img_size``.
     """
     canonical = resolve_name(name)
-    cfg = dict(pretrained_cfg) if pretrained_cfg is not None else get_pretrained_cfg(name)
-    cfg.setdefault("architecture", canonical)
-    if pretrained_cfg_overlay:
-        cfg.update(pretrained_cfg_overlay)
-        if "file" in pretrained_cfg_overlay or "url" in pretrained_cfg_overlay:
-            # the overlay names the source: drop the other one
-            cfg.pop("url" if "file" in pretrained_cfg_overlay else "file", None)
-    builder = _MODELS[canonical]
+    tag = name.partition(".")[2] or None
     kwargs = _normalise_overrides(overrides)
-    n_classes = cfg.get("num_classes", 1000) if num_classes is None else num_classes
     _check_overrides(canonical, kwargs)
     # No try/except around the build: a TypeError or RuntimeError raised inside (a user's conv
     # factory, out of memory) keeps its own type and traceback.
-    model = builder(num_classes=n_classes, **kwargs)
-    cfg = _fit_cfg_to_model(cfg, model)
-    model.pretrained_cfg = cfg
-    model.default_cfg = cfg  # timm's older name
-    model.model_name = canonical
-    if pretrained:
-        from pyg_vig.hub import load_pretrained
-
-        load_pretrained(model, cfg, num_classes_given=num_classes is not None)
+    model = _MODELS[canonical](
+        pretrained=pretrained,
+        pretrained_cfg=dict(pretrained_cfg) if pretrained_cfg is not None else tag,
+        pretrained_cfg_overlay=pretrained_cfg_overlay, num_classes=num_classes,
+        features_only=features_only and checkpoint is None, out_indices=out_indices, **kwargs)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
-    if features_only:
-        from pyg_vig.models.features import FeatureExtractor
+        if features_only:
+            from pyg_vig.models.features import FeatureExtractor
 
-        model = FeatureExtractor(model, out_indices)
+            model = FeatureExtractor(model, out_indices)
     return model
 
 

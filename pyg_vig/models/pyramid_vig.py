@@ -255,7 +255,9 @@ class PyramidViG(ViGBase):
 
 
 # ---------------------------------------------------------------------------- registry
+from pyg_vig.models._builder import build_model_with_cfg  # noqa: E402
 from pyg_vig.models._registry import _cfg, generate_default_cfgs, register_model  # noqa: E402
+from pyg_vig.models.official import convert_state_dict  # noqa: E402
 
 # Release "pyramid-vig" of huawei-noah/Efficient-AI-Backbones; see docs/pretrained.md.
 _PVIG_RELEASE = "https://github.com/huawei-noah/Efficient-AI-Backbones/releases/download/pyramid-vig/"
@@ -273,42 +275,45 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _create_pvig(**kwargs) -> PyramidViG:
-    return PyramidViG(**kwargs)
+def _create_pvig(variant: str, pretrained: bool = False, **kwargs) -> PyramidViG:
+    out_indices = kwargs.pop("out_indices", None)
+    return build_model_with_cfg(PyramidViG, variant, pretrained,
+                                pretrained_filter_fn=convert_state_dict,
+                                feature_cfg=dict(out_indices=out_indices), **kwargs)
 
 
 @register_model("pvig_ti", aliases=("pvig_ti_224_gelu",))
-def pvig_ti(**kwargs) -> PyramidViG:
+def pvig_ti(pretrained: bool = False, **kwargs) -> PyramidViG:
     """Pyramid ViG-Ti (10.7M learnable parameters, 1.7 GMACs at 224²)."""
-    return _create_pvig(**dict(dict(embed_dims=(48, 96, 240, 384), depths=(2, 2, 6, 2)),
-                               **kwargs))
+    model_args = dict(embed_dims=(48, 96, 240, 384), depths=(2, 2, 6, 2))
+    return _create_pvig("pvig_ti", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model("pvig_s", aliases=("pvig_s_224_gelu",))
-def pvig_s(**kwargs) -> PyramidViG:
+def pvig_s(pretrained: bool = False, **kwargs) -> PyramidViG:
     """Pyramid ViG-S (27.3M learnable parameters, 4.6 GMACs at 224²)."""
-    return _create_pvig(**dict(dict(embed_dims=(80, 160, 400, 640), depths=(2, 2, 6, 2)),
-                               **kwargs))
+    model_args = dict(embed_dims=(80, 160, 400, 640), depths=(2, 2, 6, 2))
+    return _create_pvig("pvig_s", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model("pvig_m", aliases=("pvig_m_224_gelu",))
-def pvig_m(**kwargs) -> PyramidViG:
+def pvig_m(pretrained: bool = False, **kwargs) -> PyramidViG:
     """Pyramid ViG-M (49.5M learnable parameters, 8.9 GMACs at 224²)."""
-    return _create_pvig(**dict(dict(embed_dims=(96, 192, 384, 768), depths=(2, 2, 16, 2)),
-                               **kwargs))
+    model_args = dict(embed_dims=(96, 192, 384, 768), depths=(2, 2, 16, 2))
+    return _create_pvig("pvig_m", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model("pvig_b", aliases=("pvig_b_224_gelu",))
-def pvig_b(**kwargs) -> PyramidViG:
+def pvig_b(pretrained: bool = False, **kwargs) -> PyramidViG:
     """Pyramid ViG-B (93.0M learnable parameters, 16.8 GMACs at 224²)."""
-    return _create_pvig(**dict(dict(embed_dims=(128, 256, 512, 1024), depths=(2, 2, 18, 2)),
-                               **kwargs))
+    model_args = dict(embed_dims=(128, 256, 512, 1024), depths=(2, 2, 18, 2))
+    return _create_pvig("pvig_b", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model("pvig_mini", cfg=dict(input_size=(1, 28, 28), num_classes=10, mean=(0.5,),
                                       std=(0.5,), crop_pct=1.0, interpolation="bilinear"))
-def pvig_mini(**kwargs) -> PyramidViG:
+def pvig_mini(pretrained: bool = False, **kwargs) -> PyramidViG:
     """A small 3-stage pyramid ViG for 28-64 px images (grids 14², 7², 4² at 28 px)."""
     defaults = dict(embed_dims=(32, 64, 128), depths=(2, 2, 2), reductions=(2, 1, 1),
                     stem_stride=2, img_size=28, in_chans=1, head_hidden=256)
-    return _create_pvig(**dict(defaults, **kwargs))
+    return _create_pvig("pvig_mini", pretrained, **dict(defaults, **kwargs))
