@@ -11,6 +11,11 @@ from pyg_vig.models import (
 )
 from pyg_vig.version import __version__
 
+# With timm installed, every model and weight tag is also in timm's registry (timm.create_model).
+from pyg_vig import timm_registry as _timm_registry  # noqa: E402
+
+_timm_registry._register_quietly()
+
 __all__ = [
     "__version__",
     "ViG",

@@ -162,6 +162,49 @@ def _normalise_overrides(overrides: dict) -> dict:
     return out
 
 
+def _model_class(canonical: str) -> type:
+    from pyg_vig.models.pyramid_vig import PyramidViG
+    from pyg_vig.models.vig import ViG
+
+    return PyramidViG if canonical.startswith("pvig") else ViG
+
+
+def _check_overrides(canonical: str, kwargs: dict) -> None:
+    """Unknown constructor arguments → ``ValueError`` naming the valid ones (before building)."""
+    params = inspect.signature(_model_class(canonical).__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [p for p in params if p != "self"]
+    unknown = [k for k in kwargs if k not in params]
+    if unknown:
+        raise ValueError(f"bad override for {canonical!r}: unknown argument(s) "
+                         f"{', '.join(map(repr, unknown))}; valid arguments: {', '.join(valid)}")
+
+
+def _fit_cfg_to_model(cfg: dict, model: nn.Module) -> dict:
+    """The configuration with ``input_size`` (and ``mean``/``std``) of the model as built.
+
+    ``in_chans=1`` or ``img_size=384`` change what the model takes, so the preprocessing that
+    timm's ``resolve_data_config`` builds from ``pretrained_cfg`` must follow.
+    """
+    cfg = dict(cfg)
+    c = int(getattr(model, "in_chans", 0) or 0)
+    size = getattr(model, "img_size", None)
+    old = tuple(cfg.get("input_size") or (3, 224, 224))
+    h, w = (int(size), int(size)) if isinstance(size, int) else old[1:]
+    c = c or old[0]
+    if (c, h, w) != old:
+        cfg["input_size"] = (c, h, w)
+        if "test_input_size" in cfg:
+            cfg.pop("test_input_size")
+    for key in ("mean", "std"):
+        v = cfg.get(key)
+        if v is not None and len(v) != c:
+            v = tuple(float(x) for x in v)
+            cfg[key] = ((sum(v) / len(v),) if c == 1 else tuple(v[i % len(v)] for i in range(c)))
+    return cfg
+
+
 def create_model(name: str, pretrained: bool = False, *, num_classes: int | None = None,
                  pretrained_cfg: dict | None = None, pretrained_cfg_overlay: dict | None = None,
                  checkpoint: str | Path | None = None, features_only: bool = False,
@@ -196,48 +239,35 @@ def create_model(name: str, pretrained: bool = False, *, num_classes: int | None
             ``in_chans``, ``img_size``.
     """
     canonical = resolve_name(name)
-    cfg = dict(pretrained_cfg) if pretrained_cfg is not None else get_pretrained_cfg(name)
-    cfg.setdefault("architecture", canonical)
-    if pretrained_cfg_overlay:
-        cfg.update(pretrained_cfg_overlay)
-        if "file" in pretrained_cfg_overlay or "url" in pretrained_cfg_overlay:
-            # the overlay names the source: drop the other one
-            cfg.pop("url" if "file" in pretrained_cfg_overlay else "file", None)
-    builder = _MODELS[canonical]
+    tag = name.partition(".")[2] or None
     kwargs = _normalise_overrides(overrides)
-    n_classes = cfg.get("num_classes", 1000) if num_classes is None else num_classes
-    try:
-        model = builder(num_classes=n_classes, **kwargs)
-    except TypeError as e:
-        from pyg_vig.models.pyramid_vig import PyramidViG
-        from pyg_vig.models.vig import ViG
-
-        cls = PyramidViG if canonical.startswith("pvig") else ViG
-        valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-        raise ValueError(f"bad override for {canonical!r} ({e}); valid arguments: "
-                         f"{', '.join(valid)}") from None
-    model.pretrained_cfg = cfg
-    model.default_cfg = cfg  # timm's older name
-    model.model_name = canonical
-    if pretrained:
-        from pyg_vig.hub import load_pretrained
-
-        load_pretrained(model, cfg, num_classes_given=num_classes is not None)
+    _check_overrides(canonical, kwargs)
+    # No try/except around the build: a TypeError or RuntimeError raised inside (a user's conv
+    # factory, out of memory) keeps its own type and traceback.
+    model = _MODELS[canonical](
+        pretrained=pretrained,
+        pretrained_cfg=dict(pretrained_cfg) if pretrained_cfg is not None else tag,
+        pretrained_cfg_overlay=pretrained_cfg_overlay, num_classes=num_classes,
+        features_only=features_only and checkpoint is None, out_indices=out_indices, **kwargs)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
-    if features_only:
-        from pyg_vig.models.features import FeatureExtractor
+        if features_only:
+            from pyg_vig.models.features import FeatureExtractor
 
-        model = FeatureExtractor(model, out_indices)
+            model = FeatureExtractor(model, out_indices)
     return model
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load an official or pyg_vig checkpoint file into ``model`` (never unpickles objects)."""
+def load_checkpoint(model: nn.Module, path: str | Path, use_ema: bool = True) -> nn.Module:
+    """Load an official or pyg_vig checkpoint file into ``model`` (never unpickles objects).
+
+    As timm's ``load_checkpoint``: with ``use_ema`` (default) the ``state_dict_ema`` /
+    ``model_ema`` entry is loaded when the file has one, else ``state_dict`` / ``model``.
+    """
     from pyg_vig.models.official import checkpoint_filter_fn
     from pyg_vig.utils.checkpoint import load_state_dict_file
 
-    state_dict, meta = load_state_dict_file(path)
+    state_dict, meta = load_state_dict_file(path, use_ema=use_ema)
     arch = meta.get("model_name") or meta.get("arch") or meta.get("model")
     ours = getattr(model, "model_name", None)
     if arch and ours and resolve_name(str(arch)) != ours:

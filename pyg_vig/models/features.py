@@ -6,7 +6,33 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-__all__ = ["FeatureExtractor", "FeatureInfo"]
+__all__ = ["FeatureExtractor", "FeatureInfo", "feature_take_indices"]
+
+
+def feature_take_indices(num_features: int, indices: int | Sequence[int] | None = None
+                         ) -> tuple[list[int], int]:
+    """Absolute indices to take and the largest one, by timm's ``feature_take_indices`` rule.
+
+    ``None`` = all ``num_features``; an int n = the last n; a sequence = those indices, a
+    negative one counting from the end.
+    """
+    if indices is None:
+        indices = num_features
+    if isinstance(indices, int):
+        if not 0 < indices <= num_features:
+            raise ValueError(f"last-n ({indices}) is out of range (1 to {num_features})")
+        take = list(range(num_features - indices, num_features))
+    else:
+        take = []
+        for i in indices:
+            idx = num_features + i if i < 0 else i
+            if not 0 <= idx < num_features:
+                raise ValueError(f"feature index {i} is out of range for {num_features} "
+                                 f"features (valid: {-num_features} to {num_features - 1})")
+            take.append(idx)
+        if not take:
+            raise ValueError("indices must name at least one feature")
+    return take, max(take)
 
 
 class FeatureInfo(list):
@@ -33,23 +59,20 @@ class FeatureExtractor(nn.Module):
 
     Args:
         model (PyramidViG): the model to wrap.
-        out_indices (sequence of int, optional): stages to return. (default: all)
+        out_indices (int or sequence of int, optional): stages to return, by timm's
+            ``feature_take_indices`` rule (an int n = the last n). (default: all)
     """
 
-    def __init__(self, model: nn.Module, out_indices: Sequence[int] | None = None):
+    def __init__(self, model: nn.Module, out_indices: int | Sequence[int] | None = None):
         super().__init__()
         if not hasattr(model, "forward_intermediates") or not hasattr(model, "stages"):
             raise RuntimeError(
                 f"features_only is not supported for {type(model).__name__}: its single-"
                 "resolution blocks have no feature pyramid; use a pvig_* model"
             )
-        n = len(model.stages)
-        out_indices = tuple(range(n)) if out_indices is None else tuple(out_indices)
-        for i in out_indices:
-            if not -n <= i < n:
-                raise ValueError(f"out_indices {out_indices} out of range for {n} stages")
-        self.out_indices = tuple(i % n for i in out_indices)
-        model.prune_intermediate_layers(list(self.out_indices), prune_head=True)
+        if out_indices is None:
+            out_indices = len(model.stages)
+        self.out_indices = tuple(model.prune_intermediate_layers(out_indices, prune_head=True))
         self.model = model
         self.feature_info = FeatureInfo(model.feature_info[i] for i in self.out_indices)
 

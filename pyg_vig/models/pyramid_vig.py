@@ -18,6 +18,7 @@ from torch_geometric.data import Batch
 
 from pyg_vig.data.grid import GridLayout
 from pyg_vig.models._base import ClassifierHead, ConvStem, ViGBase
+from pyg_vig.models.features import feature_take_indices
 from pyg_vig.models.vig import _make_graph
 from pyg_vig.nn.grapher import ViGBlock
 
@@ -204,21 +205,19 @@ class PyramidViG(ViGBase):
 
     def forward_intermediates(self, x: Tensor | Sequence[Tensor],
                               indices: int | Sequence[int] | None = None,
-                              intermediates_only: bool = False):
-        """Feature maps of the stages in ``indices`` (all by default; an int = the last n).
+                              norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """Feature maps of the stages in ``indices`` (timm's ``forward_intermediates``).
 
-        Returns ``(final_features, [maps])`` or only the maps with ``intermediates_only``.
+        ``indices`` follows timm's ``feature_take_indices``: ``None`` = every stage, an int n =
+        the last n stages, a sequence = those stages (negative counts from the end). ``norm``
+        and ``stop_early`` are accepted for timm's API (there is no final norm; the head is
+        separate, so every stage runs). Returns ``(final_features, [maps])`` or only the maps
+        with ``intermediates_only``.
         """
-        n = len(self.stages)
-        if indices is None:
-            take = list(range(n))
-        elif isinstance(indices, int):
-            take = list(range(n - indices, n))
-        else:
-            take = [i if i >= 0 else n + i for i in indices]
-        for i in take:
-            if not 0 <= i < n:
-                raise ValueError(f"stage index {i} out of range for {n} stages")
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW' (got {output_fmt!r})")
+        take, _ = feature_take_indices(len(self.stages), indices)
         nodes, layout, _, outs = self.forward_nodes(x, stage_outputs=True)
         maps = [self._to_maps(*outs[i]) for i in take]
         maps = [m.contiguous() if isinstance(m, Tensor) else [t.contiguous() for t in m]
@@ -227,12 +226,14 @@ class PyramidViG(ViGBase):
             return maps
         return self._to_maps(nodes, layout), maps
 
-    def prune_intermediate_layers(self, indices: int | Sequence[int] = 4,
-                                  prune_head: bool = True) -> list[int]:
-        """Drop the stages after the last one in ``indices`` (and the head) → kept indices."""
-        n = len(self.stages)
-        take = list(range(n - indices, n)) if isinstance(indices, int) else list(indices)
-        last = max(take)
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1,
+                                  prune_norm: bool = False, prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last one in ``indices`` (and the head) → kept indices.
+
+        ``indices`` follows timm's ``feature_take_indices`` (an int n = the last n stages,
+        negative indices count from the end); the returned indices are absolute.
+        """
+        take, last = feature_take_indices(len(self.stages), indices)
         self.stages = self.stages[: last + 1]
         if prune_head:
             self.reset_classifier(0)
@@ -254,7 +255,9 @@ class PyramidViG(ViGBase):
 
 
 # ---------------------------------------------------------------------------- registry
+from pyg_vig.models._builder import build_model_with_cfg  # noqa: E402
 from pyg_vig.models._registry import _cfg, generate_default_cfgs, register_model  # noqa: E402
+from pyg_vig.models.official import convert_state_dict  # noqa: E402
 
 # Release "pyramid-vig" of huawei-noah/Efficient-AI-Backbones; see docs/pretrained.md.
 _PVIG_RELEASE = "https://github.com/huawei-noah/Efficient-AI-Backbones/releases/download/pyramid-vig/"
@@ -272,42 +275,45 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _create_pvig(**kwargs) -> PyramidViG:
-    return PyramidViG(**kwargs)
+def _create_pvig(variant: str, pretrained: bool = False, **kwargs) -> PyramidViG:
+    out_indices = kwargs.pop("out_indices", None)
+    return build_model_with_cfg(PyramidViG, variant, pretrained,
+                                pretrained_filter_fn=convert_state_dict,
+                                feature_cfg=dict(out_indices=out_indices), **kwargs)
 
 
 @register_model("pvig_ti", aliases=("pvig_ti_224_gelu",))
-def pvig_ti(**kwargs) -> PyramidViG:
+def pvig_ti(pretrained: bool = False, **kwargs) -> PyramidViG:
     """Pyramid ViG-Ti (10.7M learnable parameters, 1.7 GMACs at 224²)."""
-    return _create_pvig(**dict(dict(embed_dims=(48, 96, 240, 384), depths=(2, 2, 6, 2)),
-                               **kwargs))
+    model_args = dict(embed_dims=(48, 96, 240, 384), depths=(2, 2, 6, 2))
+    return _create_pvig("pvig_ti", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model("pvig_s", aliases=("pvig_s_224_gelu",))
-def pvig_s(**kwargs) -> PyramidViG:
+def pvig_s(pretrained: bool = False, **kwargs) -> PyramidViG:
     """Pyramid ViG-S (27.3M learnable parameters, 4.6 GMACs at 224²)."""
-    return _create_pvig(**dict(dict(embed_dims=(80, 160, 400, 640), depths=(2, 2, 6, 2)),
-                               **kwargs))
+    model_args = dict(embed_dims=(80, 160, 400, 640), depths=(2, 2, 6, 2))
+    return _create_pvig("pvig_s", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model("pvig_m", aliases=("pvig_m_224_gelu",))
-def pvig_m(**kwargs) -> PyramidViG:
+def pvig_m(pretrained: bool = False, **kwargs) -> PyramidViG:
     """Pyramid ViG-M (49.5M learnable parameters, 8.9 GMACs at 224²)."""
-    return _create_pvig(**dict(dict(embed_dims=(96, 192, 384, 768), depths=(2, 2, 16, 2)),
-                               **kwargs))
+    model_args = dict(embed_dims=(96, 192, 384, 768), depths=(2, 2, 16, 2))
+    return _create_pvig("pvig_m", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model("pvig_b", aliases=("pvig_b_224_gelu",))
-def pvig_b(**kwargs) -> PyramidViG:
+def pvig_b(pretrained: bool = False, **kwargs) -> PyramidViG:
     """Pyramid ViG-B (93.0M learnable parameters, 16.8 GMACs at 224²)."""
-    return _create_pvig(**dict(dict(embed_dims=(128, 256, 512, 1024), depths=(2, 2, 18, 2)),
-                               **kwargs))
+    model_args = dict(embed_dims=(128, 256, 512, 1024), depths=(2, 2, 18, 2))
+    return _create_pvig("pvig_b", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model("pvig_mini", cfg=dict(input_size=(1, 28, 28), num_classes=10, mean=(0.5,),
                                       std=(0.5,), crop_pct=1.0, interpolation="bilinear"))
-def pvig_mini(**kwargs) -> PyramidViG:
+def pvig_mini(pretrained: bool = False, **kwargs) -> PyramidViG:
     """A small 3-stage pyramid ViG for 28-64 px images (grids 14², 7², 4² at 28 px)."""
     defaults = dict(embed_dims=(32, 64, 128), depths=(2, 2, 2), reductions=(2, 1, 1),
                     stem_stride=2, img_size=28, in_chans=1, head_hidden=256)
-    return _create_pvig(**dict(defaults, **kwargs))
+    return _create_pvig("pvig_mini", pretrained, **dict(defaults, **kwargs))

@@ -195,7 +195,9 @@ def _make_graph(nodes: Tensor, layout: GridLayout, edges: list[Tensor],
 
 
 # ---------------------------------------------------------------------------- registry
+from pyg_vig.models._builder import build_model_with_cfg  # noqa: E402
 from pyg_vig.models._registry import _cfg, generate_default_cfgs, register_model  # noqa: E402
+from pyg_vig.models.official import convert_state_dict  # noqa: E402
 
 # Release "vig" of huawei-noah/Efficient-AI-Backbones (the file names carry the accuracy measured
 # on the released weights; the paper's table says 73.9 / 80.4 / 82.3). See docs/pretrained.md.
@@ -208,32 +210,40 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _create_vig(**kwargs) -> ViG:
-    return ViG(**kwargs)
+def _create_vig(variant: str, pretrained: bool = False, **kwargs) -> ViG:
+    if kwargs.get("features_only"):
+        raise RuntimeError(f"features_only is not supported for {variant}: an isotropic ViG has "
+                           "a single resolution, no feature pyramid; use a pvig_* model")
+    kwargs.pop("out_indices", None)
+    return build_model_with_cfg(ViG, variant, pretrained,
+                                pretrained_filter_fn=convert_state_dict, **kwargs)
 
 
 @register_model("vig_ti", aliases=("vig_ti_224_gelu",))
-def vig_ti(**kwargs) -> ViG:
+def vig_ti(pretrained: bool = False, **kwargs) -> ViG:
     """ViG-Ti: 12 blocks of width 192 (7.2M parameters, 1.3 GMACs at 224²)."""
-    return _create_vig(**dict(dict(embed_dim=192, depth=12), **kwargs))
+    model_args = dict(embed_dim=192, depth=12)
+    return _create_vig("vig_ti", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model("vig_s", aliases=("vig_s_224_gelu",))
-def vig_s(**kwargs) -> ViG:
+def vig_s(pretrained: bool = False, **kwargs) -> ViG:
     """ViG-S: 16 blocks of width 320 (22.7M parameters, 4.5 GMACs at 224²)."""
-    return _create_vig(**dict(dict(embed_dim=320, depth=16), **kwargs))
+    model_args = dict(embed_dim=320, depth=16)
+    return _create_vig("vig_s", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model("vig_b", aliases=("vig_b_224_gelu",))
-def vig_b(**kwargs) -> ViG:
+def vig_b(pretrained: bool = False, **kwargs) -> ViG:
     """ViG-B: 16 blocks of width 640 (86.8M parameters, 17.7 GMACs at 224²)."""
-    return _create_vig(**dict(dict(embed_dim=640, depth=16), **kwargs))
+    model_args = dict(embed_dim=640, depth=16)
+    return _create_vig("vig_b", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model("vig_mini", cfg=dict(input_size=(1, 28, 28), num_classes=10, mean=(0.5,),
                                      std=(0.5,), crop_pct=1.0, interpolation="bilinear"))
-def vig_mini(**kwargs) -> ViG:
+def vig_mini(pretrained: bool = False, **kwargs) -> ViG:
     """A small isotropic ViG for 28-64 px images (stride-4 stem: a 7x7 node grid at 28 px)."""
     defaults = dict(embed_dim=96, depth=6, k=9, stem_stride=4, img_size=28, in_chans=1,
                     head_hidden=256)
-    return _create_vig(**dict(defaults, **kwargs))
+    return _create_vig("vig_mini", pretrained, **dict(defaults, **kwargs))

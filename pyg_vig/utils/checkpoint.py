@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import Tensor
 
-__all__ = ["atomic_save", "load_state_dict_file", "save_safetensors"]
+__all__ = ["UnreadableCheckpointError", "atomic_save", "load_state_dict_file", "save_safetensors"]
 
 # top-level keys that wrap the actual state dict in training checkpoints (timm, DeiT, ViG)
 _WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
@@ -106,9 +107,15 @@ def save_safetensors(
     return atomic_save(save(tensors, metadata=dict(metadata or {})), path)
 
 
-def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
+class UnreadableCheckpointError(ValueError):
+    """The file itself cannot be read (corrupt, truncated, not a checkpoint format at all)."""
+
+
+def _unwrap(obj: Any, path: Path, use_ema: bool = True) -> dict[str, Tensor]:
     if isinstance(obj, dict):
-        for key in _WRAPPER_KEYS:
+        # timm's load_state_dict order: EMA weights first when use_ema, then the plain ones
+        keys = _WRAPPER_KEYS if use_ema else tuple(k for k in _WRAPPER_KEYS if "ema" not in k)
+        for key in keys:
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
@@ -123,13 +130,29 @@ def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
     return obj
 
 
-def load_state_dict_file(path: str | Path) -> tuple[dict[str, Tensor], dict]:
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0].split(". ")[0] if text else type(e).__name__
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)``, also accepting the ``argparse.Namespace`` that timm's
+    ``CheckpointSaver`` stores under ``args`` (a plain attribute holder: no code runs)."""
+    import argparse
+
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_state_dict_file(path: str | Path, use_ema: bool = True
+                         ) -> tuple[dict[str, Tensor], dict]:
     """Read model weights from a ``.safetensors`` file or a torch checkpoint (``.pth``/``.pt``).
 
     Torch files are read with ``torch.load(weights_only=True)`` (no pickled code runs); a
     top-level ``state_dict_ema``/``model_ema``/``state_dict``/``model`` wrapper is unwrapped
-    (in that order of preference: the EMA weights are the ones meant for inference) and a
-    ``module.`` prefix is stripped.
+    (in that order of preference, as timm's ``load_checkpoint(use_ema=True)``; with
+    ``use_ema=False`` the EMA entries are skipped) and a ``module.`` prefix is stripped. The
+    ``argparse.Namespace`` that timm's ``CheckpointSaver`` pickles under ``args`` is accepted.
 
     Returns:
         (dict, dict): the state dict (CPU tensors) and the metadata: the safetensors header
@@ -137,7 +160,9 @@ def load_state_dict_file(path: str | Path) -> tuple[dict[str, Tensor], dict]:
 
     Raises:
         FileNotFoundError: when ``path`` does not exist.
-        ValueError: when the file is corrupt, truncated or holds no state dict.
+        UnreadableCheckpointError: when the file is corrupt or truncated (a ``ValueError``).
+        ValueError: when it holds no state dict, or pickled objects other than tensors,
+            containers and ``argparse.Namespace``.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -154,14 +179,26 @@ def load_state_dict_file(path: str | Path) -> tuple[dict[str, Tensor], dict]:
                 for key in f.keys():
                     tensors[key] = f.get_tensor(key)
         except Exception as e:  # safetensors raises its own SafetensorError
-            raise ValueError(f"corrupt or unreadable safetensors file {path}: {e}") from None
+            raise UnreadableCheckpointError(
+                f"corrupt or unreadable safetensors file {path}: {e}") from None
         return tensors, metadata
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle/zip errors come in many types
-        msg = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"corrupt or unreadable checkpoint {path}: {msg}") from None
-    state_dict = _unwrap(obj, path)
+        obj = _torch_load(path)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        if "Unsupported global" in text or "Unsupported class" in text:
+            what = text.split("GLOBAL", 1)[-1].split()[0] if "GLOBAL" in text else "an object"
+            raise ValueError(
+                f"{path} holds a pickled {what} besides the weights, which torch.load("
+                "weights_only=True) refuses to run. If you trust the file, re-save only the "
+                "weights: torch.save(torch.load(f, weights_only=False)['state_dict'], 'w.pth')"
+            ) from None
+        raise UnreadableCheckpointError(f"corrupt or unreadable checkpoint {path}: "
+                                        f"{_first_line(e)}") from None
+    except Exception as e:  # zip/EOF errors come in many types
+        raise UnreadableCheckpointError(f"corrupt or unreadable checkpoint {path}: "
+                                        f"{_first_line(e)}") from None
+    state_dict = _unwrap(obj, path, use_ema)
     metadata = {}
     if isinstance(obj, dict):
         metadata = {k: v for k, v in obj.items() if not isinstance(v, dict | Tensor | io.IOBase)}

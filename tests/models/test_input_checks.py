@@ -17,7 +17,8 @@ def test_uint8_images_get_dtype_and_range_advice(model):
         model(x)
     msg = str(e.value)
     assert "torch.uint8 images" in msg and "torch.float32" in msg
-    assert "pixels / 255 - mean) / std" in msg and "mean=(0.5,)" in msg
+    # pretrained_cfg follows in_chans=3, so the advice names three-channel statistics
+    assert "pixels / 255 - mean) / std" in msg and "mean=(0.5, 0.5, 0.5)" in msg
     assert "unsigned char" not in msg
 
 
