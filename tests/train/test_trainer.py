@@ -203,10 +203,21 @@ def test_paper_recipe_real_vig_loss_is_smoothed_once(tiny_idx, tmp_path):
     trainer.global_step = 0
     x, y = next(iter(trainer.train_loader))
     ref = copy.deepcopy(trainer.model).train()
+    import numpy as np
+
+    from pyg_vig.train import train_one_epoch
+
     torch.manual_seed(7)
-    loss = trainer._train_step(x, y)[0]
+    np.random.seed(7)  # timm's Mixup draws from numpy
+    losses, x0 = [], x.clone()  # timm's Mixup mixes the batch in place
+    train_one_epoch(trainer.model, [(x, y)], trainer.optimizer, device="cpu",
+                    criterion=trainer.criterion, mixup=trainer.mixup,
+                    mixup_criterion=trainer.mixup_criterion,
+                    on_step=lambda i, loss, step: losses.append(loss))  # fmt: skip
+    loss = losses[0]
     torch.manual_seed(7)  # the same mixing and drop-path draws
-    xm, target = trainer.mixup(x, y)
+    np.random.seed(7)
+    xm, target = trainer.mixup(x0, y)
     with torch.no_grad():
         logits = ref(xm)
     assert target.shape == (32, 10) and torch.allclose(target.sum(1), torch.ones(32))
