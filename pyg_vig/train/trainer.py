@@ -157,7 +157,8 @@ class Trainer:
         if cfg.mean is None or cfg.std is None:
             cfg.mean, cfg.std = data_stats(train)
         train.transform = build_transform(
-            True, cfg.image_size, cfg.mean, cfg.std, cfg.crop_padding, cfg.hflip, cfg.reprob, resize
+            True, cfg.image_size, cfg.mean, cfg.std, cfg.crop_padding, cfg.hflip, cfg.reprob,
+            resize, auto_augment=cfg.auto_augment,
         )
         if pcfg is not None:  # image folders: the evaluation crop of the weights
             folder_kw["crop_pct"] = float(pcfg["crop_pct"])
