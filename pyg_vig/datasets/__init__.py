@@ -10,6 +10,11 @@
 
 Each dataset yields ``(image [C, H, W] float in [0, 1], label)`` and has ``classes`` and
 ``in_chans`` attributes.
+
+Kept here because no library does it: the embedded subset ships inside the package so the demo
+needs no download (torchvision's ``FashionMNIST`` downloads), and IDX folders are read in any
+file spelling Debian and mirrors use. Per-image transforms are torchvision's and timm's
+(:func:`build_transform`, imported when called).
 """
 
 from __future__ import annotations
