@@ -42,6 +42,7 @@ _HELP = {
     "reprob": "random erasing probability",
     "crop_padding": "random crop with this much zero padding (0: off)",
     "hflip": "horizontal flip probability",
+    "auto_augment": "timm augmentation policy, e.g. rand-m9-mstd0.5-inc1 (RandAugment)",
     "amp": "mixed precision: auto (bf16/fp16 on CUDA, off on CPU), none, bf16, fp16",
     "device": "auto, cpu, cuda, cuda:1, ...",
     "workers": "data loader worker processes",
@@ -600,7 +601,9 @@ def _parse_centers(items: list[str] | None) -> list[tuple[float, float]]:
 
 
 def _cmd_graph(args: argparse.Namespace) -> int:
-    from pyg_vig.datasets import Normalize, load_dataset
+    from torchvision.transforms import Normalize
+
+    from pyg_vig.datasets import load_dataset
     from pyg_vig.train import load_trained_model
     from pyg_vig.train.plots import draw_knn_graph
 

@@ -10,6 +10,11 @@
 
 Each dataset yields ``(image [C, H, W] float in [0, 1], label)`` and has ``classes`` and
 ``in_chans`` attributes.
+
+Kept here because no library does it: the embedded subset ships inside the package so the demo
+needs no download (torchvision's ``FashionMNIST`` downloads), and IDX folders are read in any
+file spelling Debian and mirrors use. Per-image transforms are torchvision's and timm's
+(:func:`build_transform`, imported when called).
 """
 
 from __future__ import annotations
@@ -43,33 +48,16 @@ from pyg_vig.datasets.preprocess import (
     resolve_data_config,
     scan_image_folder,
 )
-from pyg_vig.datasets.transforms import (
-    Compose,
-    Mixup,
-    Normalize,
-    RandomCrop,
-    RandomErasing,
-    RandomHorizontalFlip,
-    Resize,
-    one_hot_smooth,
-)
 
 __all__ = [
     "EMBEDDED",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_SYSTEM_PATH",
-    "Compose",
     "IDXDataset",
     "IMAGE_EXTENSIONS",
     "ImageFileDataset",
     "ImageFolder",
     "ImageTransform",
-    "Mixup",
-    "Normalize",
-    "RandomCrop",
-    "RandomErasing",
-    "RandomHorizontalFlip",
-    "Resize",
     "TensorImageDataset",
     "build_transform",
     "class_names",
@@ -81,7 +69,6 @@ __all__ = [
     "imagenet_synsets",
     "load_dataset",
     "load_image",
-    "one_hot_smooth",
     "read_idx",
     "read_idx_split",
     "resize_center_crop",
@@ -206,19 +193,52 @@ def build_transform(
     hflip: float = 0.5,
     reprob: float = 0.25,
     resize: bool = False,
-) -> Compose:
-    """The standard per-image pipeline: (resize,) (random crop, flip,) normalise, (random erasing).
+    auto_augment: str | None = None,
+) -> Callable[[Tensor], Tensor]:
+    """The per-image pipeline of in-memory ``[C, H, W]`` float images, from torchvision's and
+    timm's transforms: (resize,) (RandAugment,) (random crop, flip,) normalise, (random erasing).
 
-    Evaluation uses the resize and normalisation only. ``resize`` adds a :class:`Resize` to
-    ``image_size`` first (for stored images of another size).
+    Evaluation uses the resize and normalisation only. ``resize`` adds an antialiased bilinear
+    :class:`~torchvision.transforms.Resize` to ``image_size`` first (stored images of another
+    size). ``auto_augment`` is a timm policy string such as ``'rand-m9-mstd0.5-inc1'`` (the
+    official recipe's RandAugment), applied through PIL by
+    :func:`timm.data.auto_augment.rand_augment_transform`; random erasing is timm's
+    :class:`~timm.data.random_erasing.RandomErasing` in ``'pixel'`` mode.
     """
-    steps: list[Callable[[Tensor], Tensor]] = [Resize(image_size)] if resize else []
+    from torchvision import transforms as T
+
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    steps: list[Callable] = [T.Resize(size, antialias=True)] if resize else []
     if train:
+        if auto_augment:
+            steps += _rand_augment(auto_augment, mean)
         if crop_padding > 0:
-            steps.append(RandomCrop(image_size, crop_padding))
+            steps.append(T.RandomCrop(size, padding=crop_padding))
         if hflip > 0:
-            steps.append(RandomHorizontalFlip(hflip))
-    steps.append(Normalize(mean, std))
+            steps.append(T.RandomHorizontalFlip(hflip))
+    steps.append(T.Normalize(mean, std))
     if train and reprob > 0:
-        steps.append(RandomErasing(reprob))
-    return Compose(steps)
+        from timm.data.random_erasing import RandomErasing
+
+        steps.append(RandomErasing(probability=reprob, mode="pixel", device="cpu"))
+    return T.Compose(steps)
+
+
+def _rand_augment(policy: str, mean: tuple[float, ...]) -> list[Callable]:
+    """Timm's RandAugment on a float tensor: to PIL, augment, back to a float tensor."""
+    from timm.data.auto_augment import auto_augment_transform, rand_augment_transform
+    from torchvision import transforms as T
+
+    fill = tuple(round(255 * m) for m in mean)
+    hparams = {"translate_const": 10, "img_mean": fill[0] if len(fill) == 1 else fill}
+    try:
+        if policy.startswith("rand"):
+            aug = rand_augment_transform(policy, hparams)
+        else:
+            aug = auto_augment_transform(policy, hparams)
+    except (AssertionError, KeyError, ValueError) as e:
+        raise ValueError(
+            f"unknown auto-augment policy {policy!r} ({e}); use a timm policy string such as "
+            "'rand-m9-mstd0.5-inc1' (RandAugment) or 'original' (AutoAugment)"
+        ) from None
+    return [T.ToPILImage(), aug, T.ToTensor()]

@@ -12,20 +12,10 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from pyg_vig.datasets.preprocess import IMAGE_EXTENSIONS, resize_center_crop
+
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "load_image"]
 
-IMAGE_EXTENSIONS = (
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-    ".gif",
-    ".tif",
-    ".tiff",
-    ".webp",
-    ".ppm",
-    ".pgm",
-)
 
 
 def load_image(
@@ -64,8 +54,6 @@ def load_image(
                 h, w = (size, size) if isinstance(size, int) else size
                 img = img.resize((w, h), Image.Resampling.BILINEAR)
             elif size is not None:
-                from pyg_vig.datasets.preprocess import resize_center_crop
-
                 img = resize_center_crop(img, size, crop_pct, interpolation)
             arr = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:

@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
     "ImageFileDataset",
     "ImageTransform",
     "class_names",
@@ -44,6 +45,20 @@ __all__ = [
     "resolve_data_config",
     "scan_image_folder",
 ]
+
+# the file suffixes scanned in image folders (folder.py re-exports them)
+IMAGE_EXTENSIONS = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+)
 
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -222,8 +237,6 @@ def scan_image_folder(root: str | Path, classes: Sequence[str] | None = None,
     labelled by their position in it and must all appear in it. Without ``classes`` labels
     follow the sorted sub-folder names.
     """
-    from pyg_vig.datasets.folder import IMAGE_EXTENSIONS
-
     exts = tuple(e.lower() for e in (extensions or IMAGE_EXTENSIONS))
     root = Path(root).expanduser()
     if not root.is_dir():

@@ -15,34 +15,27 @@ from pyg_vig.train.distributed import (
     cleanup_distributed,
     init_distributed,
 )
-from pyg_vig.train.trainer import (
-    Trainer,
-    build_model,
-    cosine_lr_factor,
-    ema_warmup_avg_fn,
-    evaluate,
-    load_trained_model,
-    model_metadata,
-    resolve_amp,
-    soft_target_cross_entropy,
-)
+from pyg_vig.train.loop import EvalResult, TrainStats, evaluate, train_one_epoch
+from pyg_vig.train.model import build_model, load_trained_model, model_metadata
+from pyg_vig.train.optim import resolve_amp
+from pyg_vig.train.trainer import Trainer
 
 __all__ = [
     "DEMO_CONFIG",
     "RUNTIME_FIELDS",
     "ConfigError",
     "DistInfo",
+    "EvalResult",
     "ResumableSampler",
     "TrainConfig",
+    "TrainStats",
     "Trainer",
     "build_model",
     "cleanup_distributed",
-    "cosine_lr_factor",
-    "ema_warmup_avg_fn",
     "evaluate",
     "init_distributed",
     "load_trained_model",
     "model_metadata",
     "resolve_amp",
-    "soft_target_cross_entropy",
+    "train_one_epoch",
 ]

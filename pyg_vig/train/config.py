@@ -59,6 +59,7 @@ class TrainConfig:
     reprob: float = 0.25
     crop_padding: int = 2
     hflip: float = 0.5
+    auto_augment: str | None = None  # timm policy, e.g. 'rand-m9-mstd0.5-inc1' (RandAugment)
     ema: bool = True
     ema_decay: float = 0.9998
     # runtime

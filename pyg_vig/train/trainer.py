@@ -16,47 +16,32 @@ import dataclasses
 import functools
 import gc
 import json
-import math
-import random
 import sys
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
-from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 
-from pyg_vig.datasets import Mixup, build_transform, load_dataset
-from pyg_vig.models.official import check_state_dict_keys
+from pyg_vig.datasets import build_transform, load_dataset
 from pyg_vig.train.config import RUNTIME_FIELDS, ConfigError, TrainConfig
+from pyg_vig.train.data import data_stats
 from pyg_vig.train.distributed import DistInfo, ResumableSampler, init_distributed
+from pyg_vig.train.loop import EvalResult, evaluate, train_one_epoch
+from pyg_vig.train.model import WEIGHTS_FILE, build_model, load_weights, model_metadata
+from pyg_vig.train.optim import build_ema, build_optimizer, build_scheduler, resolve_amp
 from pyg_vig.train.plots import confusion_matrix, plot_confusion_matrix, plot_training_curves
-from pyg_vig.utils.checkpoint import atomic_save, load_state_dict_file, save_safetensors
+from pyg_vig.train.state import STATE_FILE, rng_state, seed_all, set_rng_state
+from pyg_vig.utils.checkpoint import atomic_save, save_safetensors
 
-__all__ = [
-    "Trainer",
-    "build_model",
-    "cosine_lr_factor",
-    "ema_warmup_avg_fn",
-    "evaluate",
-    "load_trained_model",
-    "model_metadata",
-    "resolve_amp",
-    "soft_target_cross_entropy",
-]
+__all__ = ["STATE_FILE", "WEIGHTS_FILE", "Trainer"]
 
-STATE_FILE = "train_state.pt"
-WEIGHTS_FILE = "model.safetensors"
 METRIC_KEYS = (
     "epoch",
     "step",
@@ -68,228 +53,6 @@ METRIC_KEYS = (
     "epoch_time_s",
     "img_per_s",
 )
-
-
-def build_model(cfg: TrainConfig) -> nn.Module:
-    """Create ``cfg.model`` from the registry with the data-derived sizes and regularisation."""
-    import pyg_vig
-
-    names = pyg_vig.list_models()
-    if cfg.model not in names:
-        raise ConfigError(f"unknown model '{cfg.model}' (available: {', '.join(names)})")
-    return pyg_vig.create_model(
-        cfg.model,
-        pretrained=cfg.pretrained,  # the head is new when the data have other classes
-        num_classes=cfg.num_classes,
-        in_chans=cfg.in_chans,
-        drop_path_rate=cfg.drop_path,
-        drop_rate=cfg.drop,
-        **cfg.model_args,
-    )
-
-
-def model_metadata(cfg: TrainConfig, **extra: Any) -> dict[str, str]:
-    """The string metadata stored in ``model.safetensors``: enough to rebuild and use the model."""
-    meta = {
-        "format": "pyg_vig",
-        "model": cfg.model,
-        "num_classes": str(cfg.num_classes),
-        "in_chans": str(cfg.in_chans),
-        "image_size": str(cfg.image_size),
-        "model_args": json.dumps(cfg.model_args),
-        "classes": json.dumps(cfg.classes),
-        "mean": json.dumps(cfg.mean),
-        "std": json.dumps(cfg.std),
-        "config": cfg.to_json(),
-    }
-    meta.update({k: str(v) for k, v in extra.items()})
-    return meta
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``amp`` on ``device`` (``None``: full fp32).
-
-    ``'auto'`` is bf16 on CUDA GPUs that support it (else fp16 with a gradient scaler) and fp32
-    on CPU, where bf16 autocast is available with ``'bf16'`` but only pays off on CPUs with
-    native bf16 units.
-    """
-    if amp not in ("auto", "none", "bf16", "fp16"):
-        raise ConfigError(f"amp must be one of auto/none/bf16/fp16, got {amp!r}")
-    if amp == "none" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if amp == "fp16" and device.type != "cuda":
-        raise ConfigError("amp 'fp16' needs a CUDA device; use 'bf16' on CPU")
-    return torch.bfloat16 if amp == "bf16" else torch.float16
-
-
-def _load_weights(model: nn.Module, state_dict: dict[str, Tensor], source: str) -> None:
-    """``load_state_dict`` with one clear error line when architectures differ."""
-    try:
-        check_state_dict_keys(state_dict, model.state_dict())
-    except ValueError as e:
-        raise ConfigError(
-            f"checkpoint {source} does not fit this model (another architecture or class "
-            f"count?): {str(e).split('; ', 1)[-1]}"
-        ) from None
-    model.load_state_dict(state_dict)
-
-
-def load_trained_model(
-    path: str | Path,
-    device: str | torch.device = "cpu",
-    model_fn: Callable[[TrainConfig], nn.Module] | None = None,
-) -> tuple[nn.Module, TrainConfig]:
-    """Rebuild a trained model from a run folder or its ``model.safetensors``, in eval mode.
-
-    Returns:
-        (nn.Module, TrainConfig): the model and the configuration it was trained with.
-    """
-    path = Path(path).expanduser()
-    if path.is_dir():
-        path = path / WEIGHTS_FILE
-    state_dict, meta = load_state_dict_file(path)
-    if meta.get("format") != "pyg_vig" or "config" not in meta:
-        raise ConfigError(
-            f"{path} has no pyg_vig training metadata; load it with "
-            "pyg_vig.create_model(name, checkpoint=...) instead"
-        )
-    cfg = TrainConfig.from_dict(json.loads(meta["config"]), str(path))
-    # the file holds every weight: no need to fetch the pretrained ones again
-    model = (model_fn or build_model)(dataclasses.replace(cfg, pretrained=False))
-    _load_weights(model, state_dict, str(path))
-    return model.to(device).eval(), cfg
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: DataLoader,
-    device: torch.device,
-    amp_dtype: torch.dtype | None = None,
-) -> tuple[float, float, Tensor, Tensor]:
-    """Loss, accuracy, predictions and targets of ``model`` over ``loader``."""
-    was_training = model.training
-    model.eval()
-    total_loss, preds, targets = 0.0, [], []
-    autocast = (
-        torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    )
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast:
-            logits = model(x)
-        total_loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
-        preds.append(logits.argmax(1).cpu())
-        targets.append(y.cpu())
-    model.train(was_training)
-    if not targets:  # an empty shard
-        return 0.0, 0.0, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
-    pred, target = torch.cat(preds), torch.cat(targets)
-    n = max(len(target), 1)
-    return total_loss / n, (pred == target).float().mean().item(), pred, target
-
-
-def ema_warmup_avg_fn(decay: float) -> Callable:
-    """``multi_avg_fn`` for :class:`~torch.optim.swa_utils.AveragedModel`: an EMA whose decay
-    ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first updates ``n``.
-
-    Like :func:`~torch.optim.swa_utils.get_ema_multi_avg_fn`, plus the warm-up of TensorFlow's
-    ``ExponentialMovingAverage(num_updates=...)``: without it a short run's average is dominated
-    by the random initial weights for the first ``1 / (1 - decay)`` steps.
-    """
-
-    @torch.no_grad()
-    def avg_fn(ema_params: list[Tensor], params: list[Tensor], num_averaged: Tensor) -> None:
-        n = float(num_averaged)
-        d = min(decay, (1.0 + n) / (10.0 + n))
-        if torch.is_floating_point(ema_params[0]):
-            torch._foreach_lerp_(ema_params, params, 1.0 - d)
-        else:
-            for e, p in zip(ema_params, params, strict=True):
-                e.copy_(p)
-
-    return avg_fn
-
-
-def soft_target_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
-    """Mean of ``-sum_c target_c * log_softmax(logits)_c``: the loss for the soft targets of
-    :class:`~pyg_vig.datasets.Mixup`, which are already label-smoothed (timm's
-    ``SoftTargetCrossEntropy``; the official training uses it whenever mixup is on).
-    """
-    return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
-
-
-def cosine_lr_factor(step: int, total: int, warmup: int, min_ratio: float,
-                     warmup_start: float = 1e-3) -> float:
-    """Learning-rate multiplier at optimisation ``step``: linear warm-up from ``warmup_start``
-    over ``warmup`` steps, then a cosine from 1 down to ``min_ratio`` at ``total``.
-
-    A closed form, so a resumed run whose ``total`` grew (more epochs) continues on the new
-    curve from its current step.
-    """
-    if step < warmup:
-        return warmup_start + (1.0 - warmup_start) * step / warmup
-    t = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-def _rng_state() -> dict[str, Any]:
-    # numpy's key array becomes a tensor so the file loads with torch.load(weights_only=True)
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _data_stats(dataset: Dataset) -> tuple[list[float], list[float]]:
-    """Per-channel mean/std of an in-memory ``uint8`` image dataset (on up to 10k images)."""
-    images = getattr(dataset, "images", None)
-    if images is None:
-        return [0.5] * dataset.in_chans, [0.5] * dataset.in_chans
-    x = images[:10000].float().div(255)
-    x = x.unsqueeze(1) if x.ndim == 3 else x  # (N, H, W) -> (N, 1, H, W)
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3)).clamp(min=1e-3)
-    return [round(v, 4) for v in mean.tolist()], [round(v, 4) for v in std.tolist()]
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norm weights, and whatever ``no_weight_decay()`` names."""
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim <= 1 or name.endswith(".bias") or name in skip:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
 
 
 class Trainer:
@@ -392,9 +155,10 @@ class Trainer:
         if cfg.num_classes is None:
             cfg.num_classes = len(cfg.classes)
         if cfg.mean is None or cfg.std is None:
-            cfg.mean, cfg.std = _data_stats(train)
+            cfg.mean, cfg.std = data_stats(train)
         train.transform = build_transform(
-            True, cfg.image_size, cfg.mean, cfg.std, cfg.crop_padding, cfg.hflip, cfg.reprob, resize
+            True, cfg.image_size, cfg.mean, cfg.std, cfg.crop_padding, cfg.hflip, cfg.reprob,
+            resize, auto_augment=cfg.auto_augment,
         )
         if pcfg is not None:  # image folders: the evaluation crop of the weights
             folder_kw["crop_pct"] = float(pcfg["crop_pct"])
@@ -460,24 +224,13 @@ class Trainer:
         if first and self.dist.is_main:
             dist.barrier()
         self.model = model
-        self.optimizer = torch.optim.AdamW(
-            _param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=dev.type == "cuda"
-        )
+        self.optimizer = build_optimizer(model, cfg, dev)
         steps = self.sampler.steps_per_epoch
         total = cfg.epochs * steps
         warmup = min(int(round(self.warmup_epochs() * steps)), max(total - 1, 0))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            functools.partial(
-                cosine_lr_factor, total=total, warmup=warmup, min_ratio=cfg.min_lr / cfg.lr
-            ),
-        )
-        self.ema = None
-        if cfg.ema:
-            # EMA of parameters and buffers (BatchNorm statistics), as timm's ModelEmaV2
-            self.ema = AveragedModel(
-                model, multi_avg_fn=ema_warmup_avg_fn(cfg.ema_decay), use_buffers=True
-            )
+        self.scheduler = build_scheduler(self.optimizer, cfg, total, warmup)
+        # EMA of parameters and buffers (BatchNorm statistics)
+        self.ema = build_ema(model, cfg)
         self.amp_dtype = resolve_amp(cfg.amp, dev)
         self.scaler = torch.amp.GradScaler(dev.type, enabled=self.amp_dtype == torch.float16)
         self.ddp_model: nn.Module = model
@@ -489,20 +242,31 @@ class Trainer:
             self.ddp_model = DistributedDataParallel(
                 model, device_ids=[dev.index] if dev.type == "cuda" else None
             )
-        self.mixup = Mixup(
-            cfg.num_classes,
-            mixup_alpha=cfg.mixup,
-            cutmix_alpha=cfg.cutmix,
-            prob=cfg.mixup_prob,
-            label_smoothing=cfg.label_smoothing,
-        )
+        from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
+
+        self.mixup = None
+        if cfg.mixup_prob > 0 and (cfg.mixup > 0 or cfg.cutmix > 0):
+            if (cfg.batch_size // self.dist.world_size) % 2:
+                raise ConfigError(
+                    f"mixup/cutmix need an even batch per process; batch size {cfg.batch_size} "
+                    f"over {self.dist.world_size} process(es) is odd: change --batch-size"
+                )
+            self.mixup = Mixup(
+                mixup_alpha=cfg.mixup,
+                cutmix_alpha=cfg.cutmix,
+                prob=cfg.mixup_prob,
+                label_smoothing=cfg.label_smoothing,
+                num_classes=cfg.num_classes,
+            )
         # Hard labels are smoothed by the loss; Mixup's soft targets are smoothed already, so
         # they get a plain soft-target cross-entropy (smoothing once, as the official recipe).
+        self.mixup_criterion = SoftTargetCrossEntropy()
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
     # ------------------------------------------------------------------ state
     def _state(self, epoch: int, step_in_epoch: int) -> dict[str, Any]:
-        rng = _rng_state()
+        rng = rng_state()
         if self.dist.distributed:
             all_rng: list[Any] = [None] * self.dist.world_size
             dist.all_gather_object(all_rng, rng)
@@ -539,25 +303,19 @@ class Trainer:
         ignore = RUNTIME_FIELDS | ({"epochs"} if self.extend_from is not None else set())
         if saved.differences(self.cfg, ignore=frozenset(ignore)):
             raise ConfigError(f"cannot resume: {path} does not match {self.run_dir}/config.json")
-        _load_weights(self.model, state["model"], str(path))
+        load_weights(self.model, state["model"], str(path))
         if self.ema is not None and state["ema"] is not None:
-            self.ema.load_state_dict(state["ema"])
+            load_weights(self.ema, state["ema"], f"{path} (EMA)")
         self.optimizer.load_state_dict(state["optimizer"])
-        if "lr_lambdas" in state["scheduler"]:
-            self.scheduler.load_state_dict(state["scheduler"])
-        # the closed-form schedule needs only the step count (also for older train_state files)
-        self.scheduler.last_epoch = state["global_step"]
-        # the learning rate of this step on the (possibly stretched) schedule
-        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
-            group["lr"] = base * self.scheduler.lr_lambdas[0](state["global_step"])
-        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        # the closed-form schedule needs only the step count (it may have been stretched)
+        self.scheduler.step_update(state["global_step"])
         self.scaler.load_state_dict(state["scaler"])
         self.global_step = state["global_step"]
         self.history = json.loads(state["history"])
         if state["world_size"] == self.dist.world_size:
-            _set_rng_state(state["rng"][self.dist.rank])
+            set_rng_state(state["rng"][self.dist.rank])
         else:  # another process count: fresh but reproducible streams
-            _seed_all(self.cfg.seed + 1000 * self.global_step + self.dist.rank)
+            seed_all(self.cfg.seed + 1000 * self.global_step + self.dist.rank)
         return state["epoch"], state["step_in_epoch"]
 
     # ------------------------------------------------------------------ outputs
@@ -580,37 +338,6 @@ class Trainer:
             save_safetensors(self.run_dir / WEIGHTS_FILE, self._final_model().state_dict(), meta)
 
     # ------------------------------------------------------------------ loop
-    def _train_step(self, x: Tensor, y: Tensor) -> tuple[float, int]:
-        cfg = self.cfg
-        if self.mixup.enabled:
-            x, target = self.mixup(x, y)
-        else:
-            target = y
-        autocast = (
-            torch.autocast(x.device.type, dtype=self.amp_dtype)
-            if self.amp_dtype is not None
-            else nullcontext()
-        )
-        with autocast:
-            logits = self.ddp_model(x)
-        if target.is_floating_point():  # soft (mixed, smoothed) targets
-            loss = soft_target_cross_entropy(logits.float(), target)
-        else:
-            loss = self.criterion(logits.float(), target)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if cfg.clip_grad:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update_parameters(self.model)
-        self.global_step += 1
-        correct = int((logits.argmax(1) == y).sum())
-        return loss.item(), correct
-
     def _reduce(self, *values: float) -> list[float]:
         if not self.dist.distributed:
             return list(values)
@@ -622,7 +349,7 @@ class Trainer:
         """Train (or continue training) to ``cfg.epochs``; returns the final summary."""
         cfg, dev = self.cfg, self.dist.device
         t_start = time.perf_counter()
-        _seed_all(cfg.seed + self.dist.rank)
+        seed_all(cfg.seed + self.dist.rank)
         self._build_data()
         self._build_model()
         self.global_step, self.history, self._last_eval = 0, [], None
@@ -646,31 +373,20 @@ class Trainer:
         steps = self.sampler.steps_per_epoch
         for epoch in range(start_epoch, cfg.epochs):
             self.sampler.set_epoch(epoch, start_step)
-            self.ddp_model.train()
-            loss_sum = correct = seen = 0.0
             t0 = time.perf_counter()
             bar = self._progress_bar(epoch, steps, start_step)
-            every = max(1, steps // 10)  # plain progress lines when stderr is not a terminal
-            for i, (x, y) in enumerate(self.train_loader, start=start_step):
-                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-                loss, n_correct = self._train_step(x, y)
-                if not math.isfinite(loss):
-                    raise RuntimeError(f"loss is {loss} at step {self.global_step}; stopping")
-                loss_sum += loss * len(y)
-                correct += n_correct
-                seen += len(y)
-                if cfg.progress and self.dist.is_main:
-                    rate = seen * self.dist.world_size / max(time.perf_counter() - t0, 1e-9)
-                    lr = self.scheduler.get_last_lr()[0]
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
-                        bar.update(1)
-                    elif (i + 1) % every == 0 and i + 1 < steps:
-                        self.log(f"epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps} | "
-                                 f"loss {loss:.4f} | lr {lr:.2e} | {rate:.0f} img/s")
-                if cfg.checkpoint_every > 0 and self.global_step % cfg.checkpoint_every == 0:
-                    if i + 1 < steps:  # the epoch-end checkpoint follows otherwise
-                        self.save_state(epoch, i + 1)
+            on_step = functools.partial(self._on_step, epoch=epoch, steps=steps, bar=bar, t0=t0,
+                                        first=start_step)
+            stats = train_one_epoch(
+                self.ddp_model, self.train_loader, self.optimizer, device=dev,
+                criterion=self.criterion, global_step=self.global_step, start_step=start_step,
+                mixup=self.mixup, mixup_criterion=self.mixup_criterion,
+                amp_dtype=self.amp_dtype, scaler=self.scaler if self.scaler.is_enabled() else None,
+                clip_grad=cfg.clip_grad, clip_params=self.model.parameters(),
+                scheduler=self.scheduler, ema=self.ema, ema_model=self.model, on_step=on_step,
+            )
+            self.global_step = stats.global_step
+            loss_sum, correct, seen = stats.loss_sum, stats.correct, stats.seen
             if bar is not None:
                 bar.close()
             loss_sum, correct, seen = self._reduce(loss_sum, correct, seen)
@@ -678,7 +394,7 @@ class Trainer:
             row = {
                 "epoch": epoch + 1,
                 "step": self.global_step,
-                "lr": self.scheduler.get_last_lr()[0],
+                "lr": self.optimizer.param_groups[0]["lr"],
                 "train_loss": loss_sum / max(seen, 1),
                 "train_acc": correct / max(seen, 1),
                 "epoch_time_s": round(epoch_time, 2),
@@ -686,7 +402,7 @@ class Trainer:
             }
             if self._evaluates_after(epoch + 1):
                 self._last_eval = self._evaluate()  # the weights model.safetensors holds
-                row["test_loss"], row["test_acc"] = self._last_eval[:2]
+                row["test_loss"], row["test_acc"] = self._last_eval.loss, self._last_eval.top1
             else:
                 self._last_eval = None
                 row["test_loss"] = row["test_acc"] = None
@@ -705,6 +421,25 @@ class Trainer:
         summary = self._finish(time.perf_counter() - t_start)
         self._release_ddp()
         return summary
+
+    def _on_step(self, i: int, loss: float, global_step: int, *, epoch: int, steps: int, bar,
+                 t0: float, first: int) -> None:
+        """Progress output and mid-epoch checkpoints after batch ``i`` of ``epoch``."""
+        cfg = self.cfg
+        if cfg.progress and self.dist.is_main:
+            seen = (i + 1 - first) * (cfg.batch_size // self.dist.world_size)
+            rate = seen * self.dist.world_size / max(time.perf_counter() - t0, 1e-9)
+            lr = self.optimizer.param_groups[0]["lr"]
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
+                bar.update(1)
+            elif (i + 1) % max(1, steps // 10) == 0 and i + 1 < steps:
+                self.log(f"epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps} | "
+                         f"loss {loss:.4f} | lr {lr:.2e} | {rate:.0f} img/s")
+        if cfg.checkpoint_every > 0 and global_step % cfg.checkpoint_every == 0:
+            if i + 1 < steps:  # the epoch-end checkpoint follows otherwise
+                self.global_step = global_step
+                self.save_state(epoch, i + 1)
 
     def _evaluates_after(self, epoch: int) -> bool:
         """Whether the test split is scored after ``epoch`` (1-based): every ``eval_every``
@@ -759,21 +494,23 @@ class Trainer:
             for buf in self._final_model().buffers():
                 dist.broadcast(buf, src=0)
 
-    def _evaluate(self) -> tuple[float, float, Tensor, Tensor]:
-        """Test loss/accuracy/predictions/targets of the final weights, over all ranks' shards."""
+    def _evaluate(self, loader: DataLoader | None = None) -> EvalResult:
+        """:func:`~pyg_vig.train.loop.evaluate` of the final weights over every rank's shard of
+        ``loader`` (default: the test split), gathered into one result.
+        """
         self._sync_eval_buffers()
-        loss, _, pred, target = evaluate(
-            self._final_model(), self.test_loader, self.dist.device, self.amp_dtype
-        )
-        if self.dist.distributed:
-            parts: list[Any] = [None] * self.dist.world_size
-            dist.all_gather_object(parts, (loss * len(target), pred, target))
-            n = sum(len(p[2]) for p in parts)
-            loss = sum(p[0] for p in parts) / max(n, 1)
-            pred = torch.cat([p[1] for p in parts])
-            target = torch.cat([p[2] for p in parts])
-        acc = (pred == target).float().mean().item() if len(target) else 0.0
-        return loss, acc, pred, target
+        r = evaluate(self._final_model(), loader or self.test_loader, device=self.dist.device,
+                     amp_dtype=self.amp_dtype)
+        if not self.dist.distributed:
+            return r
+        parts: list[Any] = [None] * self.dist.world_size
+        dist.all_gather_object(parts, (r.loss * r.n, r.top5 * r.n, r.pred, r.target))
+        n = sum(len(p[3]) for p in parts)
+        pred = torch.cat([p[2] for p in parts])
+        target = torch.cat([p[3] for p in parts])
+        top1 = (pred == target).float().mean().item() if n else 0.0
+        return EvalResult(sum(p[0] for p in parts) / max(n, 1), top1,
+                          sum(p[1] for p in parts) / max(n, 1), n, pred, target)
 
     def evaluate_dataset(self, data: str, split: str = "test") -> dict[str, Any]:
         """Score the final weights on another dataset with this run's classes and evaluation
@@ -799,19 +536,14 @@ class Trainer:
         shard = Subset(dataset, range(self.dist.rank, len(dataset), ws)) if ws > 1 else dataset
         loader = DataLoader(shard, batch_size=256, shuffle=False, num_workers=cfg.workers,
                             generator=torch.Generator())
-        self._sync_eval_buffers()
-        loss, _, pred, target = evaluate(
-            self._final_model(), loader, self.dist.device, self.amp_dtype
-        )
-        loss_sum, correct, n = self._reduce(
-            loss * len(target), float((pred == target).sum()), float(len(target))
-        )
+        r = self._evaluate(loader)
         result = {
             "data": data,
             "split": split,
-            "images": int(n),
-            "loss": loss_sum / max(n, 1),
-            "accuracy": correct / max(n, 1),
+            "images": r.n,
+            "loss": r.loss,
+            "accuracy": r.top1,
+            "top5": r.top5,
         }
         if self.dist.is_main:
             path = self.run_dir / "metrics.json"
@@ -828,11 +560,13 @@ class Trainer:
             self._last_eval = self._evaluate()
         if self.dist.is_main:
             final = self._final_model()
-            loss, acc, pred, target = self._last_eval
+            loss, acc, pred, target = (self._last_eval.loss, self._last_eval.top1,
+                                       self._last_eval.pred, self._last_eval.target)
             cm = confusion_matrix(pred, target, self.cfg.num_classes)
             summary = {
                 "test_accuracy": acc,
                 "test_loss": loss,
+                "test_top5": self._last_eval.top5,
                 "weights": "ema" if self.ema is not None else "final",
                 "epochs": self.cfg.epochs,
                 "global_step": self.global_step,

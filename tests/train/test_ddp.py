@@ -118,7 +118,8 @@ def test_torchrun_cli_vig_with_batchnorm(tiny_idx, tmp_path):
 
     model, cfg = load_trained_model(tmp_path / "two")
     test = load_dataset(tiny_idx, "test", transform=build_transform(False, 28, cfg.mean, cfg.std))
-    loss, acc, _, _ = evaluate(model, DataLoader(test, batch_size=64), torch.device("cpu"))
+    r = evaluate(model, DataLoader(test, batch_size=64), device="cpu")
+    loss, acc = r.loss, r.top1
     summary = json.loads((tmp_path / "two" / "metrics.json").read_text())["summary"]
     assert summary["test_loss"] == pytest.approx(loss, rel=1e-5)
     assert summary["test_accuracy"] == pytest.approx(acc)

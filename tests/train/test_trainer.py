@@ -6,18 +6,25 @@ import torch
 from safetensors import safe_open
 from stand_in import StandInMLP, stand_in_fn
 
-from pyg_vig.datasets import one_hot_smooth
 from pyg_vig.train import (
     ConfigError,
     ResumableSampler,
     TrainConfig,
     Trainer,
-    cosine_lr_factor,
     load_trained_model,
     resolve_amp,
-    soft_target_cross_entropy,
 )
-from pyg_vig.train.trainer import _param_groups
+from pyg_vig.train.optim import param_groups
+
+
+def cosine_lr_factor(step, total, warmup, min_ratio, warmup_start=1e-3):
+    """The recipe's schedule written out: linear warm-up, then cosine to ``min_ratio``."""
+    import math
+
+    if step < warmup:
+        return warmup_start + (1.0 - warmup_start) * step / warmup
+    t = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 TINY_VIG = {"embed_dim": 16, "depth": 2, "head_hidden": 32}
 
@@ -159,19 +166,30 @@ def test_resume_with_more_epochs_extends_a_finished_run(tiny_idx, tmp_path):
     assert rows[-1]["lr"] == pytest.approx(1e-5)
 
 
-def test_soft_target_cross_entropy_by_hand():
+def test_timm_mixup_targets_and_soft_target_loss_smooth_once():
+    # the trainer's mixed-batch loss: timm's Mixup targets scored by SoftTargetCrossEntropy
+    from timm.data import Mixup
+    from timm.loss import SoftTargetCrossEntropy
+
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
     y = torch.tensor([0, 1])
-    soft = one_hot_smooth(y, 3, 0.1)  # 0.9 + 0.1/3 on the label, 0.1/3 elsewhere
+    mix = Mixup(mixup_alpha=0.8, cutmix_alpha=0.0, prob=0.0, label_smoothing=0.1, num_classes=3)
+    x, soft = mix(torch.zeros(2, 1, 4, 4), y)  # prob 0: no mixing, smoothed one-hot targets
+    assert soft[0].tolist() == pytest.approx([0.9 + 0.1 / 3, 0.1 / 3, 0.1 / 3])
     log_p = logits - logits.exp().sum(1, keepdim=True).log()
     by_hand = -(soft * log_p).sum(1).mean()
-    assert soft_target_cross_entropy(logits, soft).item() == pytest.approx(by_hand.item())
-    # = the loss's own smoothing for hard labels (smoothed once) ...
+    assert SoftTargetCrossEntropy()(logits, soft).item() == pytest.approx(by_hand.item())
+    # = the hard-label loss's own smoothing (smoothed once) ...
     hard = torch.nn.CrossEntropyLoss(label_smoothing=0.1)(logits, y)
     assert hard.item() == pytest.approx(by_hand.item(), rel=1e-6)
     # ... while smoothing the smoothed targets again (the old bug) is another number
     twice = torch.nn.CrossEntropyLoss(label_smoothing=0.1)(logits, soft)
     assert abs(twice.item() - by_hand.item()) > 1e-3
+
+
+def test_mixup_with_an_odd_batch_per_process_is_refused(tiny_idx, tmp_path):
+    with pytest.raises(ConfigError, match="even batch per process.*--batch-size"):
+        _fit(_cfg(tiny_idx, batch_size=31, mixup=0.8), tmp_path / "run")
 
 
 def test_paper_recipe_real_vig_loss_is_smoothed_once(tiny_idx, tmp_path):
@@ -185,10 +203,21 @@ def test_paper_recipe_real_vig_loss_is_smoothed_once(tiny_idx, tmp_path):
     trainer.global_step = 0
     x, y = next(iter(trainer.train_loader))
     ref = copy.deepcopy(trainer.model).train()
+    import numpy as np
+
+    from pyg_vig.train import train_one_epoch
+
     torch.manual_seed(7)
-    loss = trainer._train_step(x, y)[0]
+    np.random.seed(7)  # timm's Mixup draws from numpy
+    losses, x0 = [], x.clone()  # timm's Mixup mixes the batch in place
+    train_one_epoch(trainer.model, [(x, y)], trainer.optimizer, device="cpu",
+                    criterion=trainer.criterion, mixup=trainer.mixup,
+                    mixup_criterion=trainer.mixup_criterion,
+                    on_step=lambda i, loss, step: losses.append(loss))  # fmt: skip
+    loss = losses[0]
     torch.manual_seed(7)  # the same mixing and drop-path draws
-    xm, target = trainer.mixup(x, y)
+    np.random.seed(7)
+    xm, target = trainer.mixup(x0, y)
     with torch.no_grad():
         logits = ref(xm)
     assert target.shape == (32, 10) and torch.allclose(target.sum(1), torch.ones(32))
@@ -306,29 +335,31 @@ def test_resumable_sampler_partitions_global_batches():
 
 def test_param_groups_skip_bias_norm_and_no_weight_decay():
     m = StandInMLP()
-    decay, no_decay = _param_groups(m, 0.05)
+    decay, no_decay = param_groups(m, 0.05)
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
     assert [p.shape for p in decay["params"]] == [torch.Size([32, 784])]
     assert any(p is m.head.weight for p in no_decay["params"])
 
 
-def test_ema_warmup_avg_fn():
-    from torch.optim.swa_utils import AveragedModel
+def test_ema_is_timm_model_ema_v3_with_the_recipe_warmup():
+    from timm.utils import ModelEmaV3
 
-    from pyg_vig.train.trainer import ema_warmup_avg_fn
+    from pyg_vig.train.optim import build_ema
 
     lin = torch.nn.Linear(1, 1, bias=False)
-    ema = AveragedModel(lin, multi_avg_fn=ema_warmup_avg_fn(0.99), use_buffers=True)
+    ema = build_ema(lin, TrainConfig(ema=True, ema_decay=0.99))
+    assert isinstance(ema, ModelEmaV3)
+    assert build_ema(lin, TrainConfig(ema=False)) is None
     expected = None
-    for n in range(30):
+    for step in range(1, 31):  # the global step after each optimiser step
         with torch.no_grad():
-            lin.weight.fill_(float(n))
-        ema.update_parameters(lin)
+            lin.weight.fill_(float(step))
+        ema.update(lin, step=step)
         if expected is None:
-            expected = 0.0  # the first update copies
+            expected = 1.0  # the first update copies
         else:
-            d = min(0.99, (1 + n) / (10 + n))  # n updates averaged so far
-            expected = d * expected + (1 - d) * n
+            d = min(0.99, (step - 1) / (10 + step - 1))  # warm-up: n / (10 + n)
+            expected = d * expected + (1 - d) * step
         assert ema.module.weight.item() == pytest.approx(expected, rel=1e-5)
 
 
