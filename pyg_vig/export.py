@@ -222,7 +222,7 @@ class ExportedModel:
     name, ``classes`` and ``data_config`` written at export time.
     """
 
-    def __init__(self, path: str | Path, runtime: str = "auto"):
+    def __init__(self, path: str | Path, runtime: str = "auto", threads: int | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"exported model not found: {self.path}")
@@ -242,7 +242,10 @@ class ExportedModel:
                 raise ImportError("running .onnx files needs onnxruntime: "
                                   "pip install 'pyg-vig[export]'") from None
             try:
-                self.session = ort.InferenceSession(str(self.path),
+                opts = ort.SessionOptions()
+                if threads:
+                    opts.intra_op_num_threads = threads
+                self.session = ort.InferenceSession(str(self.path), sess_options=opts,
                                                     providers=["CPUExecutionProvider"])
             except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
                 raise ValueError(f"cannot load ONNX model {self.path}: "
