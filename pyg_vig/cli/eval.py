@@ -125,11 +125,12 @@ def _folder_files(root: Path, pred, class_map: str | None):
     if found and all(name in pred.classes for name in found):
         files, _ = scan_image_folder(root, classes=pred.classes)
         return files
+    count = ("" if len(found) == len(pred.classes) else
+             f" (dataset {root} has {len(found)} classes but the model has {len(pred.classes)})")
     raise UserError(
-        f"the class folders of {root} ({len(found)}: {found[:3]}...) are not the model's "
-        f"{len(pred.classes)} class names (e.g. {pred.class_keys[:3]}); the label of each "
-        "folder would be a guess. Pass --class-map FILE (JSON {folder: class}) to say which "
-        "folder is which class"
+        f"the class folders of {root} ({found[:3]}...) are not the model's class names "
+        f"(e.g. {pred.class_keys[:3]}){count}; a label for each folder would be a guess. "
+        "Pass --class-map FILE (JSON {folder: class}) to say which folder is which class"
     )
 
 
