@@ -65,7 +65,8 @@ def test_predict_image_without_model_says_how(run):
     Image.fromarray(run["images"][1]).convert("RGB").save(photo)
     out = _cli("predict", photo)
     assert out.returncode == 2
-    assert out.stderr.startswith("pyg-vig: error:") and "--model" in out.stderr, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("pyg-vig: error:") and "--model" in last, out.stderr
 
 
 def test_export_mode_and_eval_of_exported_file_on_a_named_dataset(run):
