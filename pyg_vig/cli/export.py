@@ -68,8 +68,13 @@ def run(args: argparse.Namespace) -> int:
     x = example_input(model, args.batch_size, data_config)
     dynamic = not args.static_batch
     if args.format == "onnx":
-        to_onnx(model, out, x, dynamic_batch=dynamic, verify=args.verify, classes=classes,
-                data_config=data_config)
+        try:
+            to_onnx(model, out, x, dynamic_batch=dynamic, verify=args.verify, classes=classes,
+                    data_config=data_config)
+        except RuntimeError as e:
+            if "not saved" not in str(e) and "fixed batch" not in str(e):
+                raise  # an export failure keeps its traceback
+            raise UserError(str(e)) from None
     else:
         save_program(model, out, x, dynamic_batch=dynamic, classes=classes,
                      data_config=data_config)

@@ -90,7 +90,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         base = dict(DEMO_CONFIG) if args.demo else {}
         cfg = TrainConfig.from_dict({**base, **given})
-    info = init_distributed(cfg.device)
+    try:
+        info = init_distributed(cfg.device)
+    except RuntimeError as e:  # e.g. --device cuda without CUDA
+        raise UserError(str(e)) from None
     if not args.resume:
         if args.output:
             run_dir = Path(args.output)
