@@ -58,6 +58,13 @@ if args.checkpoint:
         mean, std = tuple(cfg.mean), tuple(cfg.std)
     except ConfigError:  # any other weights file of --model
         model = pyg_vig.create_model(args.model, checkpoint=args.checkpoint, **overrides)
+    if "pyramid" in type(model).__module__:
+        raise SystemExit(
+            f"visualize_graph.py: error: {args.checkpoint} holds a pyramid ViG "
+            f"({type(model).__name__}), whose node grid shrinks from stage to stage; this "
+            "script draws isotropic ViG models only. For a pyramid run use "
+            f"`pyg-vig graph {args.checkpoint} test:0`."
+        )
 else:
     model = pyg_vig.create_model(args.model, embed_dim=args.dim, head_hidden=2 * args.dim,
                                  **overrides)

@@ -103,6 +103,15 @@ def _atomic_target(path: Path) -> Path:
     return Path(tmp)
 
 
+def _publish(tmp: Path, path: Path) -> None:
+    """Move the finished temporary file into place with the mode of any new file (``mkstemp``
+    creates 0600; the rest of a run folder follows the umask, usually 0644)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def save_program(model: nn.Module, path: str | Path, example: Tensor | None = None, *,
                  dynamic_batch: bool = True, classes: Sequence[str] | None = None,
                  data_config: dict | None = None) -> Path:
@@ -115,7 +124,7 @@ def save_program(model: nn.Module, path: str | Path, example: Tensor | None = No
     tmp = _atomic_target(path)
     try:
         torch.export.save(program, str(tmp), extra_files={f"{METADATA_KEY}.json": json.dumps(meta)})
-        os.replace(tmp, path)
+        _publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -173,7 +182,7 @@ def to_onnx(model: nn.Module, path: str | Path, example: Tensor | None = None, *
         onnx_program.save(str(tmp))
         if verify:
             _verify_onnx(model, tmp, x, dynamic_batch, tolerance)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -196,9 +205,13 @@ def _verify_onnx(model: nn.Module, path: Path, x: Tensor, dynamic: bool,
                                f"{tuple(want.shape)}; not saved")
         rel = ((got - want).abs().max() / want.abs().max().clamp_min(1e-6)).item()
         if not rel <= tolerance:
-            raise RuntimeError(f"the exported ONNX model disagrees with the eager model on a "
-                               f"batch of {len(xb)} (max difference {rel:.2e} of the largest "
-                               f"logit, tolerance {tolerance:g}); not saved")
+            raise RuntimeError(
+                f"the exported ONNX model disagrees with the eager model on a batch of "
+                f"{len(xb)} (max difference {rel:.2e} of the largest logit, tolerance "
+                f"{tolerance:g}); not saved. An untrained model's logits are nearly equal, so "
+                f"k-NN ties can pick other neighbours in onnxruntime and exceed the tolerance: "
+                f"export a trained model, or skip the check with --no-verify "
+                f"(to_onnx(verify=False))")
 
 
 class ExportedModel:
@@ -209,7 +222,7 @@ class ExportedModel:
     name, ``classes`` and ``data_config`` written at export time.
     """
 
-    def __init__(self, path: str | Path, runtime: str = "auto"):
+    def __init__(self, path: str | Path, runtime: str = "auto", threads: int | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"exported model not found: {self.path}")
@@ -229,7 +242,10 @@ class ExportedModel:
                 raise ImportError("running .onnx files needs onnxruntime: "
                                   "pip install 'pyg-vig[export]'") from None
             try:
-                self.session = ort.InferenceSession(str(self.path),
+                opts = ort.SessionOptions()
+                if threads:
+                    opts.intra_op_num_threads = threads
+                self.session = ort.InferenceSession(str(self.path), sess_options=opts,
                                                     providers=["CPUExecutionProvider"])
             except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
                 raise ValueError(f"cannot load ONNX model {self.path}: "

@@ -159,6 +159,9 @@ def test_predict_reports_bad_files_and_goes_on(trained, capsys, tmp_path):
     assert main(argv) == 2
     out, err = capsys.readouterr()
     recs = [json.loads(line) for line in out.splitlines()]
+    failed = {Path(r["image"]).name: r["error"] for r in recs if "error" in r}
+    assert "cannot read image" in failed.pop("broken.png") and set(failed) == {"gone.png"}
+    recs = [r for r in recs if "error" not in r]  # failed images are listed with their error
     assert [Path(r["image"]).name for r in recs] == ["0.png", "1.png", "2.png", "wide.png"]
     assert all(len(r["top"]) == 3 and r["top"][0]["class"] in [str(c) for c in range(10)]
                for r in recs)  # fmt: skip

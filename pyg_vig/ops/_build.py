@@ -53,6 +53,16 @@ _state: dict[str, object] = {
 }
 
 
+def _ninja_id() -> str:
+    # The ninja that runs the build (the venv's or the system's, whichever PATH finds first)
+    # keeps its own log format in the build folder; two ninjas sharing one folder rebuild each
+    # time PATH switches between them. Its resolved path gives each its own folder.
+    import shutil
+
+    found = shutil.which("ninja")
+    return os.path.realpath(found) if found else ""
+
+
 def _build_id() -> str:
     # Everything that ends up in the compiler's command line: the sources' content, the flags,
     # and the Python and torch installations whose headers and libraries are used (two virtual
@@ -61,7 +71,8 @@ def _build_id() -> str:
     for name in _SOURCES:
         h.update(name.encode())
         h.update((_CSRC / name).read_bytes())
-    setup = (_CFLAGS, _LDFLAGS, sysconfig.get_paths()["include"], os.path.dirname(torch.__file__))
+    setup = (_CFLAGS, _LDFLAGS, sysconfig.get_paths()["include"], os.path.dirname(torch.__file__),
+             _ninja_id())
     h.update(repr(setup).encode())
     return f"{_NAME}-py{sys.version_info[0]}{sys.version_info[1]}-{h.hexdigest()[:12]}"
 

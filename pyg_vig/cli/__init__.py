@@ -1,0 +1,83 @@
+"""The ``pyg-vig`` command: ``train``, ``eval``, ``predict``, ``export`` and ``graph``.
+
+Each subcommand is a module of this package (or any importable module named in
+:data:`SUBCOMMANDS`) with ``add_parser(subparsers)`` and ``run(args) -> int``.
+
+Problems with the user's input (missing data, a checkpoint that does not fit, a resume folder
+that does not match, no network for a download) end the command with one
+``pyg-vig: error: ...`` line on stderr and exit status 2; set ``PYG_VIG_DEBUG=1`` to see the
+traceback instead. Anything else (an internal error, out of memory) keeps its traceback. Batch
+commands (``predict`` over many files, ``eval`` over a folder) report an unreadable image on
+stderr, go on with the others and exit with status 2 at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import warnings
+from types import ModuleType
+
+from pyg_vig.cli._common import UserError
+
+__all__ = ["main", "SUBCOMMANDS", "UserError", "build_parser"]
+
+#: Subcommand modules, in help order: a bare name is ``pyg_vig.cli.<name>``, a dotted name is
+#: imported as it is (e.g. ``"pyg_vig.detection.cli"``).
+SUBCOMMANDS: tuple[str, ...] = ("train", "eval", "predict", "export", "graph")
+
+
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(name if "." in name else f"{__name__}.{name}")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
+    """The ``pyg-vig`` parser and {subcommand: module}."""
+    from pyg_vig.version import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="pyg-vig",
+        description="Vision GNN (ViG) on PyTorch Geometric: train, evaluate, "
+        "predict, export, and draw the patch graph.",
+    )
+    parser.add_argument("--version", action="version", version=f"pyg_vig {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    modules = {}
+    for name in SUBCOMMANDS:
+        mod = _module(name)
+        p = mod.add_parser(sub)
+        modules[p.prog.split()[-1]] = mod
+    return parser, modules
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"pyg-vig: warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``pyg-vig`` and ``python -m pyg_vig``; returns the exit status."""
+    parser, modules = build_parser()
+    args = parser.parse_args(argv)
+    from pyg_vig.train import ConfigError
+
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
+    try:
+        return modules[args.command].run(args)
+    except (UserError, ConfigError, OSError, ValueError, ImportError) as e:
+        if os.environ.get("PYG_VIG_DEBUG"):
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"pyg-vig: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pyg-vig: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        warnings.showwarning = shown
+
+
+if __name__ == "__main__":
+    sys.exit(main())
