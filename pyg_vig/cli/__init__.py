@@ -17,7 +17,6 @@ import argparse
 import importlib
 import os
 import sys
-import warnings
 from types import ModuleType
 
 from pyg_vig.cli._common import UserError
@@ -52,18 +51,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
     return parser, modules
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"pyg-vig: warning: {message}", file=sys.stderr)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``pyg-vig`` and ``python -m pyg_vig``; returns the exit status."""
     parser, modules = build_parser()
     args = parser.parse_args(argv)
     from pyg_vig.train import ConfigError
 
-    shown = warnings.showwarning
-    warnings.showwarning = _show_warning
     try:
         return modules[args.command].run(args)
     except (UserError, ConfigError, OSError, ValueError, ImportError) as e:
@@ -75,8 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pyg-vig: interrupted", file=sys.stderr)
         return 130
-    finally:
-        warnings.showwarning = shown
 
 
 if __name__ == "__main__":
