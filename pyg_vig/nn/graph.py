@@ -20,6 +20,7 @@ reshape for graphs known to be k-regular, PyG's scatter otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -188,29 +189,21 @@ def _compiled_select(q: Tensor, xk: Tensor, xk_sq: Tensor, bias: Tensor | LowRan
         b = -(bias.query[s : s + rows] @ bias.key.t())
     else:
         b = None if bias is None else bias[s : s + rows]
-    return ops.knn_select(dot, (q * q).sum(-1, keepdim=True), xk_sq, b, kd, impl="cpp")
-
-
-# dtypes the compiled operators handle exactly like the torch ops they replace
-_COMPILED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+    return ops.knn_select(dot, (q * q).sum(-1, keepdim=True), xk_sq, b, kd, impl="auto")
 
 
 def _use_compiled_select(x: Tensor, backend: str) -> bool:
-    if backend != "dense" or x.device.type != "cpu" or x.dtype not in _COMPILED_DTYPES:
-        return False
-    if torch.is_autocast_enabled("cpu"):
-        return False  # autocast mixes dtypes inside the distance formula; keep torch's rounding
-    if torch.compiler.is_compiling():
-        return False  # exported / compiled programs stay pure PyTorch (portable, ONNX-friendly)
-    return _ops_available()
+    # autocast is off inside knn_index (distances in float32 at least), so no check here
+    return backend == "dense" and _compiled_for(x)
 
 
-def _ops_available() -> bool:
+def _compiled_for(x: Tensor) -> bool:
+    """:func:`pyg_vig.ops.compiled_for`, the one dispatch point (False where ops cannot import)."""
     try:
         from pyg_vig import ops
     except ImportError:
         return False
-    return ops.available()
+    return ops.compiled_for(x)
 
 
 # --------------------------------------------------------------------------- sparse backends
@@ -264,6 +257,35 @@ def _sparse_topk(xq: Tensor, xk: Tensor, kd: int, bias: LowRankBias | None, back
 
 
 
+# --------------------------------------------------------------------------- precision
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def knn_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype distances and the selection are computed in: ``float32`` for half-precision
+    features (and for a bias meant for them), else ``dtype`` itself (``float32``/``float64``).
+    """
+    return torch.float32 if dtype in _HALF_DTYPES else dtype
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type autocast does not know (e.g. "meta")
+        return False
+
+
+def full_precision(device_type: str):
+    """A context that turns autocast off on ``device_type`` where it is on (else a no-op, so
+    exported and compiled programs outside autocast stay as they are): k-NN distances and the
+    top-k selection are then computed in the features' own (at least float32) precision, and
+    the graph does not depend on the autocast state.
+    """
+    if _autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 # --------------------------------------------------------------------------- batched entry
 def _l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
     """``F.normalize(x, dim=-1)``, bit for bit, with a broadcast instead of ``expand_as``: an
@@ -302,7 +324,10 @@ def knn_index(
         ``(B, n, k)`` local key indices, nearest first.
     """
     backend = resolve_backend(backend)
-    with torch.no_grad():
+    with torch.no_grad(), full_precision(xq.device.type):
+        # Distances and the selection in float32 at least, whatever the autocast state.
+        xq = xq.to(knn_dtype(xq.dtype))
+        xk = None if xk is None else xk.to(knn_dtype(xk.dtype))
         if normalize:
             xq = _l2_normalize(xq)
             xk = xq if xk is None else _l2_normalize(xk)
@@ -674,7 +699,10 @@ def grid_knn_graph(
                 backend=backend)
 
     def bias_for(size, n, m):
-        return None if bias_fn is None else bias_fn(size)
+        if bias_fn is None:
+            return None
+        with full_precision(x.device.type):  # a bias table built in float32 under autocast too
+            return bias_fn(size)
 
     num_sources = x.size(0) if y is None else y.size(0)
     if layout.uniform and layout_y.uniform:
@@ -738,7 +766,7 @@ def reduce_edges(messages: Tensor, edge_index: EdgeIndex, reduce: str) -> Tensor
 
         # a segment reduction is a gather-reduce with the identity gather
         identity = torch.arange(messages.size(0), device=messages.device)
-        return ops.gather_segment_reduce(messages, identity, ptr, reduce, impl="cpp")
+        return ops.gather_segment_reduce(messages, identity, ptr, reduce, impl="auto")
     from torch_geometric.utils import segment
 
     return segment(messages, ptr, reduce=reduce)
@@ -764,7 +792,7 @@ def neighbor_reduce(x: Tensor, edge_index: EdgeIndex, reduce: str, impl: str = "
     if impl == "auto" and _use_compiled_reduce(x):
         from pyg_vig import ops
 
-        return ops.gather_segment_reduce(x, ei[0], edge_index.get_indptr(), reduce, impl="cpp")
+        return ops.gather_segment_reduce(x, ei[0], edge_index.get_indptr(), reduce, impl="auto")
     k = regular_degree(edge_index)
     x_j = x.index_select(0, ei[0])
     if k is not None:
@@ -775,7 +803,4 @@ def neighbor_reduce(x: Tensor, edge_index: EdgeIndex, reduce: str, impl: str = "
 
 
 def _use_compiled_reduce(x: Tensor) -> bool:
-    if (x.device.type != "cpu" or x.dtype not in _COMPILED_DTYPES
-            or torch.compiler.is_compiling()):
-        return False
-    return _ops_available()
+    return _compiled_for(x)
