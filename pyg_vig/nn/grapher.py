@@ -12,7 +12,7 @@ from torch_geometric import EdgeIndex
 from pyg_vig.data.grid import GridLayout
 from pyg_vig.nn.conv import CONVS
 from pyg_vig.nn.drop import DropPath
-from pyg_vig.nn.graph import (
+from pyg_vig.nn.knn import (
     LowRankBias,
     grid_knn_graph,
     knn_dtype,

@@ -200,7 +200,8 @@ def compiled_for(tensor) -> bool:
 
 def default_impl(tensor) -> str:
     """``"auto"`` where :func:`compiled_for` holds, else ``"torch"``: the ``impl`` library
-    code passes to the operators."""
+    code passes to the operators.
+    """
     return "auto" if compiled_for(tensor) else "torch"
 
 
