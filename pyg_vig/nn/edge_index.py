@@ -2,6 +2,8 @@ r"""The k-regular, target-sorted :class:`torch_geometric.EdgeIndex` of a k-NN gr
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from einops import rearrange
 from torch import Tensor
@@ -38,6 +40,16 @@ class KNNEdgeIndex(EdgeIndex):
         out._T_indptr = inner_tensors.get("_T_indptr", None)
         out._cat_metadata = ctx[3]
         out.k = ctx[4]
+        return out
+
+    def __deepcopy__(self, memo: dict) -> KNNEdgeIndex:
+        # The wrapper-subclass default needs clone() to keep the type; copy the parts instead.
+        if id(self) in memo:
+            return memo[id(self)]
+        attrs, ctx = self.__tensor_flatten__()
+        inner = {a: copy.deepcopy(getattr(self, a), memo) for a in attrs}
+        out = KNNEdgeIndex.__tensor_unflatten__(inner, copy.deepcopy(ctx, memo), None, None)
+        memo[id(self)] = out
         return out
 
     @classmethod
