@@ -55,7 +55,7 @@ from common import (  # noqa: E402
     write_csv,
 )
 
-import pyg_vig.nn.graph as graph  # noqa: E402
+import pyg_vig.nn.knn as graph  # noqa: E402
 from pyg_vig.nn.graph import LowRankBias, available_backends, knn_graph  # noqa: E402
 from pyg_vig.nn.pos_embed import (  # noqa: E402
     relative_position_bias,

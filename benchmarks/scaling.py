@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 import pyg_vig  # noqa: E402
-import pyg_vig.nn.graph as graph  # noqa: E402
+import pyg_vig.nn.knn as graph  # noqa: E402
 
 
 class _KnnTimer:

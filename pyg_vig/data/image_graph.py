@@ -56,12 +56,14 @@ def images_to_batch(x: Tensor | Sequence[Tensor]) -> Batch:
             tensors of possibly different sizes.
 
     :rtype: :class:`torch_geometric.data.Batch` with ``x`` ``[N, C]``, ``pos`` ``[N, 2]``
-        (row, col), ``batch`` ``[N]``, ``ptr`` and ``grid_size`` ``[B, 2]`` (H, W).
+        (row, col, floating point), ``batch`` ``[N]``, ``ptr`` and ``grid_size`` ``[B, 2]`` (H, W).
     """
     x = _check_images(x)
     nodes, layout = GridLayout.from_images(x)
     device = nodes.device
-    pos = layout.pos(device)
+    # float positions, as PyG's point/graph layers expect (and as forward_graph returns them)
+    pos = layout.pos(device).to(nodes.dtype if nodes.is_floating_point()
+                                else torch.get_default_dtype())
     data_list = []
     for i, (h, w) in enumerate(layout.sizes):
         sl = slice(layout.ptr[i], layout.ptr[i + 1])

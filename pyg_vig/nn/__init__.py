@@ -2,17 +2,12 @@
 
 from pyg_vig.nn.conv import CONVS, EdgeConv, GINConv, MRConv, SAGEConv
 from pyg_vig.nn.drop import DropPath
-from pyg_vig.nn.graph import (
-    KNNEdgeIndex,
-    LowRankBias,
-    available_backends,
-    grid_knn_graph,
-    knn_graph,
-    neighbor_reduce,
-)
+from pyg_vig.nn.edge_index import KNNEdgeIndex
 from pyg_vig.nn.grapher import FFN, Grapher, ViGBlock
+from pyg_vig.nn.knn import LowRankBias, available_backends, grid_knn_graph, knn_graph
 from pyg_vig.nn.linear import MultiHeadLinear, MultiHeadUpdate
 from pyg_vig.nn.official import to_official_numerics
+from pyg_vig.nn.reduce import neighbor_reduce
 
 __all__ = [
     "knn_graph",

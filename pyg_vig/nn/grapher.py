@@ -12,7 +12,13 @@ from torch_geometric import EdgeIndex
 from pyg_vig.data.grid import GridLayout
 from pyg_vig.nn.conv import CONVS
 from pyg_vig.nn.drop import DropPath
-from pyg_vig.nn.graph import LowRankBias, grid_knn_graph, knn_graph, resolve_backend
+from pyg_vig.nn.knn import (
+    LowRankBias,
+    grid_knn_graph,
+    knn_dtype,
+    knn_graph,
+    resolve_backend,
+)
 from pyg_vig.nn.linear import LinearBN, get_act
 
 __all__ = ["Grapher", "FFN", "ViGBlock", "RELATIVE_POS_MODES"]
@@ -82,6 +88,10 @@ class Grapher(nn.Module):
             :obj:`False` it gets a plain ``edge_index`` tensor and runs PyG's generic
             message → aggregate path (same result, slower; for comparisons). (default:
             :obj:`True`)
+        graph_transform (callable, optional): applied to the k-NN ``edge_index`` this module
+            builds before the convolution, e.g. ``lambda ei: dropout_edge(ei, p=0.1,
+            training=grapher.training)[0]`` to prune edges without running ``fc1`` twice. It is
+            not applied to an ``edge_index=`` given to :meth:`forward`. (default: :obj:`None`)
     """
 
     def __init__(self, channels: int, k: int = 9, dilation: int = 1,
@@ -89,8 +99,13 @@ class Grapher(nn.Module):
                  act: str | Callable | None = "gelu", norm: bool = True, bias: bool = True,
                  reduction: int = 1, relative_pos: str | None = None, stochastic: bool = False,
                  epsilon: float = 0.2, drop_path: float = 0.0, backend: str = "auto",
-                 fused: bool = True, device=None, dtype=None):
+                 fused: bool = True, graph_transform: Callable[[Tensor], Tensor] | None = None,
+                 device=None, dtype=None):
         super().__init__()
+        if graph_transform is not None and not callable(graph_transform):
+            raise TypeError("graph_transform must be a callable edge_index -> edge_index, got "
+                            f"{type(graph_transform).__name__}")
+        self.graph_transform = graph_transform
         dd = {"device": device, "dtype": dtype}
         if relative_pos is not None and relative_pos not in RELATIVE_POS_MODES:
             raise ValueError(
@@ -177,7 +192,8 @@ class Grapher(nn.Module):
         if layout is None:
             return knn_graph(x, self.k, batch, **opts)
         return grid_knn_graph(x, layout, self.k, y=y, layout_y=layout_y,
-                              bias_fn=lambda s: self.relative_bias(s, x.device, x.dtype), **opts)
+                              bias_fn=lambda s: self.relative_bias(s, x.device, knn_dtype(x.dtype)),
+                              **opts)
 
     def build_graph(self, x: Tensor, batch: Tensor | None = None,
                     layout: GridLayout | None = None) -> tuple[Tensor, Tensor | None]:
@@ -197,6 +213,8 @@ class Grapher(nn.Module):
         y, layout_y = self.keys(x, layout)
         if edge_index is None:
             edge_index = self.graph(x, batch, layout, y, layout_y)
+            if self.graph_transform is not None:
+                edge_index = self.graph_transform(edge_index)
         conv_graph = edge_index
         if not self.fused and isinstance(edge_index, EdgeIndex):
             conv_graph = edge_index.as_tensor()

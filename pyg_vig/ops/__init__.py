@@ -23,16 +23,29 @@ maximum). :func:`gather_segment_reduce` splits among the tied edges only, as :fu
 does.
 """
 
-from pyg_vig.ops._build import IMPLS, available, build_directory, build_error, library_path, load
+from pyg_vig.ops._build import (
+    COMPILED_DTYPES,
+    IMPLS,
+    available,
+    build_directory,
+    build_error,
+    compiled_for,
+    default_impl,
+    library_path,
+    load,
+)
 from pyg_vig.ops.knn import knn_select
 from pyg_vig.ops.segment import REDUCES, gather_segment_reduce
 
 __all__ = [
+    "COMPILED_DTYPES",
     "IMPLS",
     "REDUCES",
     "available",
     "build_directory",
     "build_error",
+    "compiled_for",
+    "default_impl",
     "gather_segment_reduce",
     "knn_select",
     "library_path",

@@ -191,6 +191,30 @@ def library_path() -> str | None:
 
 IMPLS = ("auto", "cpp", "torch")
 
+#: dtypes the compiled operators handle exactly like the torch ops they replace
+COMPILED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def compiled_for(tensor) -> bool:
+    """The one place that decides whether library code (k-NN selection, message reduction)
+    runs the compiled kernels on ``tensor``: a CPU tensor of a supported dtype, outside
+    :func:`torch.compile` / :func:`torch.export` and ONNX export (traced programs stay pure
+    PyTorch: portable and ONNX-friendly), with the kernels built. Callers then pass
+    ``impl="auto"``.
+    """
+    if tensor.device.type != "cpu" or tensor.dtype not in COMPILED_DTYPES:
+        return False
+    if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        return False
+    return available()
+
+
+def default_impl(tensor) -> str:
+    """``"auto"`` where :func:`compiled_for` holds, else ``"torch"``: the ``impl`` library
+    code passes to the operators.
+    """
+    return "auto" if compiled_for(tensor) else "torch"
+
 
 def use_compiled(impl: str, op: str, unsupported: str | None) -> bool:
     """Decide between the compiled kernel and the pure-torch path for one call.

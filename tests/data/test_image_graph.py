@@ -10,6 +10,7 @@ def test_round_trip_tensor():
     batch = images_to_batch(imgs)
     assert batch.num_graphs == 2
     assert batch.x.shape == (40, 3) and batch.pos.shape == (40, 2)
+    assert batch.pos.dtype == batch.x.dtype  # float, as in forward_graph
     assert torch.equal(batch.batch, torch.arange(2).repeat_interleave(20))
     assert batch.grid_size.tolist() == [[4, 5], [4, 5]]
     assert batch.ptr.tolist() == [0, 20, 40]

@@ -8,10 +8,10 @@ from torch import Tensor
 from torch_geometric import EdgeIndex
 from torch_geometric.nn import MessagePassing
 
-from pyg_vig.nn.graph import (  # noqa: F401 (to_target_sorted is re-exported for the convs)
+from pyg_vig.nn.edge_index import regular_degree  # noqa: F401 (re-exported for the convs)
+from pyg_vig.nn.reduce import (  # noqa: F401 (to_target_sorted is re-exported for the convs)
     neighbor_reduce,
     reduce_edges,
-    regular_degree,
     to_target_sorted,
 )
 

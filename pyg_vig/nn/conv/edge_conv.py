@@ -16,8 +16,9 @@ from pyg_vig.nn.conv._utils import (
     to_target_sorted,
     update_repr,
 )
-from pyg_vig.nn.graph import reduce_edges, regular_degree
+from pyg_vig.nn.edge_index import regular_degree
 from pyg_vig.nn.linear import MultiHeadUpdate, can_fold, folded_linear_params, grouped_linear
+from pyg_vig.nn.reduce import reduce_edges
 
 
 class EdgeConv(MessagePassing):
