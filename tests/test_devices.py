@@ -10,6 +10,7 @@ its float64 distance equals the CPU one to 1e-5; the layer tests use graphs buil
 CPU, and the whole-model comparison runs in float64, where rounding flips nothing.
 """
 
+from functools import partial
 import copy
 
 import pytest
@@ -20,11 +21,14 @@ from torch.utils._pytree import tree_leaves
 
 import pyg_vig
 from pyg_vig.data import GridLayout
-from pyg_vig.nn import EdgeConv, GINConv, Grapher, MRConv, SAGEConv, knn_graph
+from pyg_vig.nn import EdgeConv, GINConv, Grapher, MRConv, SAGEConv, knn_graph as pyg_knn_graph
 
 C = 16
 TOL = dict(atol=1e-4, rtol=1e-4)
 MODELS = ["vig_mini", "pvig_mini"]
+
+# ViG's graph (normalised features, self-loops); PyG's defaults are tested in test_knn_pyg.py
+knn_graph = partial(pyg_knn_graph, loop=True, normalize=True)
 
 
 def plain(t: torch.Tensor) -> torch.Tensor:

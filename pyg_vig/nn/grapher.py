@@ -12,13 +12,7 @@ from torch_geometric import EdgeIndex
 from pyg_vig.data.grid import GridLayout
 from pyg_vig.nn.conv import CONVS
 from pyg_vig.nn.drop import DropPath
-from pyg_vig.nn.knn import (
-    LowRankBias,
-    grid_knn_graph,
-    knn_dtype,
-    knn_graph,
-    resolve_backend,
-)
+from pyg_vig.nn.knn import LowRankBias, grid_knn_graph, knn_graph, resolve_backend
 from pyg_vig.nn.linear import LinearBN, get_act
 
 __all__ = ["Grapher", "FFN", "ViGBlock", "RELATIVE_POS_MODES"]
@@ -42,6 +36,40 @@ def _real_tensors():
     stack.enter_context(unset_fake_temporarily())
     stack.enter_context(disable_proxy_modes_tracing())
     return stack
+
+
+def _table(mode: str, h: int, w: int, channels: int, reduction: int, device, dtype
+           ) -> Tensor | LowRankBias:
+    from pyg_vig.nn import pos_embed
+
+    if mode == "geometric":
+        # Factors, not a table: the k-NN builds the bias chunk by chunk (bounded memory) or
+        # folds it into the features (KD-tree backends).
+        q, kf = pos_embed.cached_relative_position_factors(h, w, channels, reduction,
+                                                           device=device, dtype=dtype)
+        return LowRankBias(q, kf)
+    return pos_embed.cached_relative_position_bias(h, w, channels, reduction, mode,
+                                                   device=device, dtype=dtype)
+
+
+_GETTERS: dict[int, Callable] = {}
+
+
+def _constant_getter(owner: int) -> Callable:
+    """A table getter that :func:`torch.compile` calls once while tracing and keeps as a graph
+    constant (``assume_constant_result``). Dynamo names the constant after the function, so
+    every Grapher gets a getter of its own (made eagerly: dynamo cannot wrap one mid-trace)."""
+    getter = _GETTERS.get(owner)
+    if getter is None:
+        def getter(mode, h, w, channels, reduction, device, dtype):
+            table = _table(mode, h, w, channels, reduction, torch.device(device), dtype)
+            return table.dense() if isinstance(table, LowRankBias) else table
+
+        name = f"_relative_position_table_{owner}"
+        getter.__name__ = getter.__qualname__ = name
+        getter.__code__ = getter.__code__.replace(co_name=name, co_qualname=name)
+        getter = _GETTERS[owner] = torch._dynamo.assume_constant_result(getter)
+    return getter
 
 
 def _graph_assignment(x: Tensor, batch: Tensor | None, layout: GridLayout | None,
@@ -83,15 +111,16 @@ class Grapher(nn.Module):
         epsilon (float, optional): its probability. (default: :obj:`0.2`)
         drop_path (float, optional): stochastic depth rate. (default: :obj:`0.`)
         backend (str, optional): k-NN backend. (default: :obj:`"auto"`)
+        graph_transform (callable, optional): applied to every k-NN graph this Grapher
+            builds, before the convolution sees it, e.g. ``lambda ei: dropout_edge(ei, p=0.1,
+            training=True)[0]`` (:func:`torch_geometric.utils.dropout_edge`); it receives and
+            returns an ``edge_index`` (sources in row 0, targets in row 1). Graphs passed as
+            ``edge_index=`` to :meth:`forward` are used as given. (default: :obj:`None`)
         fused (bool, optional): hand the convolution the :class:`~pyg_vig.nn.KNNEdgeIndex`
             of the k-NN graph, so PyG may take the conv's fused ``message_and_aggregate``; with
             :obj:`False` it gets a plain ``edge_index`` tensor and runs PyG's generic
             message → aggregate path (same result, slower; for comparisons). (default:
             :obj:`True`)
-        graph_transform (callable, optional): applied to the k-NN ``edge_index`` this module
-            builds before the convolution, e.g. ``lambda ei: dropout_edge(ei, p=0.1,
-            training=grapher.training)[0]`` to prune edges without running ``fc1`` twice. It is
-            not applied to an ``edge_index=`` given to :meth:`forward`. (default: :obj:`None`)
     """
 
     def __init__(self, channels: int, k: int = 9, dilation: int = 1,
@@ -102,10 +131,6 @@ class Grapher(nn.Module):
                  fused: bool = True, graph_transform: Callable[[Tensor], Tensor] | None = None,
                  device=None, dtype=None):
         super().__init__()
-        if graph_transform is not None and not callable(graph_transform):
-            raise TypeError("graph_transform must be a callable edge_index -> edge_index, got "
-                            f"{type(graph_transform).__name__}")
-        self.graph_transform = graph_transform
         dd = {"device": device, "dtype": dtype}
         if relative_pos is not None and relative_pos not in RELATIVE_POS_MODES:
             raise ValueError(
@@ -116,6 +141,12 @@ class Grapher(nn.Module):
         self.reduction, self.relative_pos = int(reduction), relative_pos
         self.stochastic, self.epsilon, self.backend = stochastic, float(epsilon), backend
         self.fused = bool(fused)
+        if graph_transform is not None and not callable(graph_transform):
+            raise TypeError(f"graph_transform must be a callable edge_index -> edge_index, got "
+                            f"{type(graph_transform).__name__}")
+        self.graph_transform = graph_transform
+        if relative_pos is not None:
+            _constant_getter(id(self))
         self.fc1 = _linear_bn(channels, channels, dd)
         if isinstance(conv, str):
             if conv not in CONVS:
@@ -127,48 +158,34 @@ class Grapher(nn.Module):
             self.graph_conv = conv(channels, 2 * channels)
         self.fc2 = _linear_bn(2 * channels, channels, dd)
         self.drop_path = DropPath(drop_path)
-        self._bias_cache: dict = {}
 
     # ------------------------------------------------------------------ relative bias
     def relative_bias(self, size: tuple[int, int], device: torch.device, dtype: torch.dtype
                       ) -> Tensor | LowRankBias | None:
-        """The distance bias for a query grid of ``size`` (cached per grid, device and dtype).
+        """The distance bias for a query grid of ``size``, in at least float32.
 
-        While :func:`torch.compile` or :func:`torch.export` traces, the table is built without
-        touching the cache: a traced program keeps it as a constant of its own, and no
-        trace-time tensor ever reaches the eager cache.
+        Eagerly it comes from :data:`pyg_vig.nn.pos_embed.relative_position_cache`, shared by
+        every Grapher of the same configuration and bounded in size. While :func:`torch.export`
+        or :func:`torch.compile` traces, the table is built from real tensors once and becomes a
+        constant of the traced program (never rebuilt per call, never a trace-time tensor in
+        the eager cache).
         """
         if self.relative_pos is None:
             return None
-        key = (size, device, dtype)
+        dtype = torch.promote_types(dtype, torch.float32)
         if torch.compiler.is_exporting():
-            # A constant of the exported program: built from real tensors, never from the
-            # tracer's fake ones (they would end up in the program and in the cache).
             with _real_tensors():
                 return self._build_bias(size, device, dtype)
         if torch.compiler.is_compiling():
-            return self._build_bias(size, device, dtype)  # traced by dynamo, never cached
-        if key not in self._bias_cache:
-            self._bias_cache[key] = self._build_bias(size, device, dtype)
-        return self._bias_cache[key]
+            getter = _GETTERS.get(id(self))
+            if getter is not None:  # always, unless the Grapher was unpickled
+                return getter(self.relative_pos, *size, self.channels, self.reduction,
+                              str(device), dtype)
+        return self._build_bias(size, device, dtype)
 
     def _build_bias(self, size: tuple[int, int], device: torch.device, dtype: torch.dtype
                     ) -> Tensor | LowRankBias:
-        from pyg_vig.nn import pos_embed
-
-        h, w = size
-        if self.relative_pos == "geometric":
-            # Factors, not a table: the k-NN builds the bias chunk by chunk (bounded memory) or
-            # folds it into the features (KD-tree backends).
-            q, kf = pos_embed.relative_position_factors(h, w, self.channels, self.reduction)
-            return LowRankBias(q.to(device, dtype), kf.to(device, dtype))
-        return pos_embed.relative_position_bias(
-            h, w, self.channels, self.reduction, mode=self.relative_pos
-        ).to(device=device, dtype=dtype)
-
-    def _apply(self, fn, recurse=True):
-        self._bias_cache = {}  # tables follow the module's device/dtype lazily
-        return super()._apply(fn, recurse)
+        return _table(self.relative_pos, *size, self.channels, self.reduction, device, dtype)
 
     # ------------------------------------------------------------------ forward
     def keys(self, x: Tensor, layout: GridLayout | None) -> tuple[Tensor | None, GridLayout | None]:
@@ -190,10 +207,14 @@ class Grapher(nn.Module):
         opts = dict(dilation=self.dilation, stochastic=self.stochastic and self.training,
                     epsilon=self.epsilon, normalize=normalize, backend=self.backend)
         if layout is None:
-            return knn_graph(x, self.k, batch, **opts)
-        return grid_knn_graph(x, layout, self.k, y=y, layout_y=layout_y,
-                              bias_fn=lambda s: self.relative_bias(s, x.device, knn_dtype(x.dtype)),
-                              **opts)
+            edge_index = knn_graph(x, self.k, batch, loop=True, **opts)
+        else:
+            edge_index = grid_knn_graph(
+                x, layout, self.k, y=y, layout_y=layout_y,
+                bias_fn=lambda s: self.relative_bias(s, x.device, x.dtype), **opts)
+        if self.graph_transform is not None:
+            edge_index = self.graph_transform(edge_index)
+        return edge_index
 
     def build_graph(self, x: Tensor, batch: Tensor | None = None,
                     layout: GridLayout | None = None) -> tuple[Tensor, Tensor | None]:
@@ -213,8 +234,6 @@ class Grapher(nn.Module):
         y, layout_y = self.keys(x, layout)
         if edge_index is None:
             edge_index = self.graph(x, batch, layout, y, layout_y)
-            if self.graph_transform is not None:
-                edge_index = self.graph_transform(edge_index)
         conv_graph = edge_index
         if not self.fused and isinstance(edge_index, EdgeIndex):
             conv_graph = edge_index.as_tensor()

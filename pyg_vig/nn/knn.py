@@ -153,9 +153,16 @@ def _dense_topk(xq: Tensor, xk: Tensor, kd: int, bias: Tensor | LowRankBias | No
     """
     B, n, _ = xq.shape
     m = xk.size(1)
+    # A NaN key would have NaN distances, which topk ranks first: zero its features and give
+    # it an infinite squared norm, so it is the farthest key of every query.
+    same = xk is xq
+    xk, bad_k = _without_nan(xk)
+    xq = xk if same else _without_nan(xq)[0]
     # The official code evaluates |x|^2 + (-2 x.y) + |y|^2 in this order; keeping it keeps
     # float32 ties resolved the same way as the reference implementation.
-    xk_sq = (xk * xk).sum(-1).unsqueeze(1)  # (B, 1, m)
+    xk_sq = torch.where(bad_k.squeeze(-1),
+                        torch.full((), float("inf"), dtype=xk.dtype, device=xk.device),
+                        (xk * xk).sum(-1)).unsqueeze(1)  # (B, 1, m)
     # Traced programs (torch.export with a dynamic batch) must not depend on B: bound the
     # chunk per image there.
     per_chunk = m if torch.compiler.is_compiling() else B * m
@@ -304,6 +311,7 @@ def knn_index(
     epsilon: float = 0.2,
     normalize: bool = True,
     backend: str = "auto",
+    loop: bool = True,
 ) -> Tensor:
     r"""Dilated k-NN on batches of equally sized graphs, the dense layout of the official code.
 
@@ -317,6 +325,13 @@ def knn_index(
         epsilon (float): probability of the random subset when ``stochastic``.
         normalize (bool): L2-normalise features first (ViG does).
         backend (str): one of :data:`BACKENDS`.
+        loop (bool): without ``xk``, whether a node may be its own neighbour. With
+            ``loop=False`` the ``k * dilation`` candidates are the nearest nodes other than
+            the query itself (needs ``n > k * dilation``).
+
+    Distances and the selection run in at least float32 whatever the autocast state or the
+    input precision. With the dense backends a node with a NaN feature is never anybody's
+    neighbour (its own neighbours are arbitrary).
 
     Returns:
         ``(B, n, k)`` local key indices, nearest first.
@@ -332,22 +347,47 @@ def knn_index(
         elif xk is None:
             xk = xq
         kd = k * dilation
-        if backend in ("dense", "torch"):
-            if isinstance(bias, LowRankBias):
-                bias = LowRankBias(bias.query.to(xq.device, xq.dtype),
-                                   bias.key.to(xq.device, xq.dtype))
-            elif bias is not None:
-                bias = bias.to(device=xq.device, dtype=xq.dtype)
-            idx = _dense_topk(xq, xk, kd, bias, _use_compiled_select(xq, backend))
+        if not loop and xk is xq:
+            idx = _drop_self(_knn_candidates(xq, xk, kd + 1, bias, backend))
         else:
-            if bias is not None and not isinstance(bias, LowRankBias):
-                raise ValueError(
-                    f"the {backend!r} k-NN backend cannot apply a dense bias table (it only "
-                    "knows Euclidean distance); pass a LowRankBias (e.g. relative-position "
-                    "mode 'geometric') or use backend='dense'"
-                )
-            idx = _sparse_topk(xq, xk, kd, bias, backend)
+            idx = _knn_candidates(xq, xk, kd, bias, backend)
         return select_ranks(idx, k, dilation, stochastic, epsilon)
+
+
+def _knn_candidates(xq: Tensor, xk: Tensor, kd: int, bias: BiasLike | None,
+                    backend: str) -> Tensor:
+    """``(B, n, kd)`` nearest keys, nearest first."""
+    if backend in ("dense", "torch"):
+        if isinstance(bias, LowRankBias):
+            bias = LowRankBias(bias.query.to(xq.device, xq.dtype),
+                               bias.key.to(xq.device, xq.dtype))
+        elif bias is not None:
+            bias = bias.to(device=xq.device, dtype=xq.dtype)
+        return _dense_topk(xq, xk, kd, bias, _use_compiled_select(xq, backend))
+    if bias is not None and not isinstance(bias, LowRankBias):
+        raise ValueError(
+            f"the {backend!r} k-NN backend cannot apply a dense bias table (it only "
+            "knows Euclidean distance); pass a LowRankBias (e.g. relative-position "
+            "mode 'geometric') or use backend='dense'"
+        )
+    return _sparse_topk(xq, xk, kd, bias, backend)
+
+
+def _drop_self(idx: Tensor) -> Tensor:
+    """``(B, n, kd + 1)`` candidates → ``(B, n, kd)`` without the query itself (or, where the
+    query is not among them, e.g. behind exact duplicates, without the farthest candidate).
+    """
+    B, n, kd1 = idx.shape
+    keep = idx != torch.arange(n, device=idx.device).view(1, n, 1)
+    keep[..., -1] &= ~keep.all(-1)
+    return idx[keep].view(B, n, kd1 - 1)
+
+
+def _without_nan(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Features with NaN rows zeroed, and the mask of those rows (rows without NaN pass
+    through ``torch.where`` unchanged, bit for bit)."""
+    bad = torch.isnan(x).any(-1, keepdim=True)
+    return torch.where(bad, torch.zeros((), dtype=x.dtype, device=x.device), x), bad
 
 
 # --------------------------------------------------------------------------- grouped k-NN core
@@ -469,43 +509,71 @@ def knn_graph(
     x: Tensor,
     k: int,
     batch: Tensor | None = None,
+    loop: bool = False,
+    flow: str = "source_to_target",
+    cosine: bool = False,
+    num_workers: int = 1,
+    batch_size: int | None = None,
     *,
     y: Tensor | None = None,
     batch_y: Tensor | None = None,
+    normalize: bool = False,
     dilation: int = 1,
     bias: BiasLike | Mapping[tuple[int, int], BiasLike] | None = None,
     stochastic: bool = False,
     epsilon: float = 0.2,
-    normalize: bool = True,
-    flow: str = "source_to_target",
     backend: str = "auto",
 ) -> KNNEdgeIndex | EdgeIndex:
-    r"""Dynamic dilated k-NN graph of ViG (paper §3.1, "dilated aggregation" of §4).
+    r"""k-NN graph with the signature and meaning of :func:`torch_geometric.nn.knn_graph`,
+    plus ViG's dilated, biased and bipartite variants as keyword arguments.
 
-    For every target node :math:`i` of ``x`` the ``k * dilation`` nearest source nodes :math:`j`
-    of ``y`` in the same graph are ranked by
+    With the positional arguments only it is a drop-in for PyG's / ``torch_cluster``'s
+    ``knn_graph``: Euclidean distances on the raw features, no self-loops (``loop=False``),
+    ``cosine=True`` ranks by cosine distance, ``flow`` as in PyG, and a graph with fewer than
+    ``k`` other nodes gets all of them. ViG's graph (paper §3.1, §4) passes
+    ``loop=True, normalize=True`` (what :class:`~pyg_vig.nn.Grapher` does): every target
+    :math:`i` ranks the sources :math:`j` by
 
     .. math::
         d_{ij} = \lVert \hat{x}_i \rVert^2 - 2\,\hat{x}_i^\top \hat{y}_j + \lVert \hat{y}_j
         \rVert^2 + R_{ij}, \qquad \hat{x} = x / \lVert x \rVert_2,
 
-    and every ``dilation``-th of them is kept. Without ``y`` the sources are ``x`` itself and
-    every node is its own nearest neighbour (the self-edge is kept, as in the official graph).
+    and keeps every ``dilation``-th of the ``k * dilation`` nearest, itself included.
 
     .. code-block:: python
 
         x = torch.randn(196 * 2, 192)
         batch = torch.arange(2).repeat_interleave(196)
-        edge_index = knn_graph(x, k=9, batch=batch, dilation=2)  # [2, 392 * 9]
+        edge_index = knn_graph(x, k=9, batch=batch)                    # PyG's graph
+        vig = knn_graph(x, 9, batch, loop=True, normalize=True, dilation=2)   # ViG's
+
+    Differences from PyG that remain: the edges are sorted by target and nearest first (PyG's
+    order within a target is unspecified); with exact duplicates of a node and ``loop=False``
+    the duplicate, not the node, is dropped only if the node itself is ranked past the
+    candidates (PyG then returns one edge more for that node); ``num_workers`` and
+    ``batch_size`` are accepted for compatibility and have no effect. Distances are computed
+    in float32 (float64 stays float64) whatever the autocast state, and a node with a NaN
+    feature is never anybody's neighbour.
 
     Args:
         x (Tensor): ``[N, C]`` target (query) node features.
         k (int): neighbours per target node.
         batch (Tensor, optional): sorted ``[N]`` graph assignment of ``x``. (default: :obj:`None`)
+        loop (bool, optional): keep self-loops: a node counts as one of its own ``k``
+            neighbours (ViG: :obj:`True`). Without ``y`` only. (default: :obj:`False`)
+        flow (str, optional): ``"source_to_target"`` (row 0 sources, row 1 targets) or
+            ``"target_to_source"`` (the rows swapped), as in PyG. (default:
+            :obj:`"source_to_target"`)
+        cosine (bool, optional): rank by cosine distance; the same ranking as
+            ``normalize=True``. (default: :obj:`False`)
+        num_workers (int, optional): ignored (PyG's CPU threads of ``torch_cluster``).
+        batch_size (int, optional): ignored (PyG infers the number of graphs).
         y (Tensor, optional): ``[M, C]`` source (key) features, e.g. spatially pooled nodes.
             (default: :obj:`None`, the sources are ``x``)
         batch_y (Tensor, optional): sorted ``[M]`` graph assignment of ``y``; required when
             ``y`` and ``batch`` are given. (default: :obj:`None`)
+        normalize (bool, optional): L2-normalise the features first (ViG). (default:
+            :obj:`False`)
         dilation (int, optional): dilation rate :math:`d`. (default: :obj:`1`)
         bias (Tensor, LowRankBias or dict, optional): additive ``[N_g, M_g]`` distance bias,
             shared by all graphs of that size; a dict maps ``(N_g, M_g)`` to the bias of graphs of
@@ -513,15 +581,15 @@ def knn_graph(
         stochastic (bool, optional): random-subset dilation with probability ``epsilon``; pass
             ``module.training`` so it only happens in training. (default: :obj:`False`)
         epsilon (float, optional): probability of a random subset. (default: :obj:`0.2`)
-        normalize (bool, optional): L2-normalise features. (default: :obj:`True`)
-        flow (str, optional): ``"source_to_target"`` (row 0 sources, row 1 targets) or
-            ``"target_to_source"`` (the rows swapped), as in PyG. (default:
-            :obj:`"source_to_target"`)
         backend (str, optional): one of :data:`BACKENDS`. (default: :obj:`"auto"`)
 
     :rtype: :class:`KNNEdgeIndex` ``[2, N * k]`` sorted by target, exactly ``k`` edges per
-        target, nearest first (for ``flow="target_to_source"`` a row-sorted
-        :class:`~torch_geometric.EdgeIndex` with the rows swapped).
+        target, nearest first. Where a graph has fewer candidates (fewer than ``k * dilation``
+        sources, or ``k * dilation + 1`` nodes with ``loop=False``) its targets get every
+        ``dilation``-th of all candidates and the result is a target-sorted
+        :class:`~torch_geometric.EdgeIndex` (not k-regular). For
+        ``flow="target_to_source"`` a row-sorted :class:`~torch_geometric.EdgeIndex` with the
+        rows swapped; for empty input a ``[2, 0]`` one.
     """
     if x.dim() != 2:
         raise ValueError(f"'x' must be a [N, C] node feature matrix, got shape {tuple(x.shape)}")
@@ -541,13 +609,23 @@ def knn_graph(
         raise ValueError(f"k and dilation must be >= 1, got k={k}, dilation={dilation}")
     _check_flow(flow)
     resolve_backend(backend)
+    if not torch.is_floating_point(x):
+        raise ValueError(f"'x' must hold floating-point features, got {x.dtype}")
+    normalize = normalize or cosine
+    loop = loop or y is not None  # bipartite graphs have no self-loops to drop
 
     if batch is not None and torch.compiler.is_compiling():
         # Graph sizes come from the batch vector (a host read): build this graph eagerly, so
         # the compiled caller receives a finished KNNEdgeIndex.
-        return _knn_graph_eager(x, k, batch, y=y, batch_y=batch_y, dilation=dilation, bias=bias,
-                                stochastic=stochastic, epsilon=epsilon, normalize=normalize,
-                                flow=flow, backend=backend)
+        return _knn_graph_eager(x, k, batch, loop, flow, cosine, y=y, batch_y=batch_y,
+                                normalize=normalize, dilation=dilation, bias=bias,
+                                stochastic=stochastic, epsilon=epsilon, backend=backend)
+    num_sources = x.size(0) if y is None else y.size(0)
+    if x.size(0) == 0 or num_sources == 0:
+        empty = torch.empty(2, 0, dtype=torch.long, device=x.device)
+        size = (num_sources, x.size(0)) if flow == "source_to_target" else (x.size(0), num_sources)
+        return EdgeIndex(empty, sparse_size=size,
+                         sort_order="col" if flow == "source_to_target" else "row")
     counts_x = _counts(batch, x.size(0), "batch")
     counts_y = counts_x if y is None else _counts(batch_y, y.size(0), "batch_y")
     if len(counts_x) != len(counts_y):
@@ -555,15 +633,11 @@ def knn_graph(
             f"'batch' describes {len(counts_x)} graphs but 'batch_y' describes {len(counts_y)}"
         )
     kd = k * dilation
-    for g, (n, m) in enumerate(zip(counts_x, counts_y, strict=True)):
-        if m < kd and n > 0:
-            raise ValueError(
-                f"graph {g} has only {m} candidate source nodes but k * dilation = {k} * "
-                f"{dilation} = {kd}; lower k or the dilation, or use larger inputs"
-            )
+    need = kd if loop else kd + 1
     opts = dict(dilation=dilation, stochastic=stochastic, epsilon=epsilon, normalize=normalize,
-                backend=backend)
-    num_sources = x.size(0) if y is None else y.size(0)
+                backend=backend, loop=loop)
+    if any(0 < m < need for n, m in zip(counts_x, counts_y, strict=True) if n > 0):
+        return _small_graphs(x, y, k, counts_x, counts_y, bias, num_sources, flow, opts)
     uniform = len(set(counts_x)) <= 1 and len(set(counts_y)) <= 1
     if uniform:
         src = _grouped_sources(x, y, k, num_graphs=max(1, len(counts_x)), ptr_x=None,
@@ -574,6 +648,37 @@ def knn_graph(
                                ptr_y=_ptr(counts_y), keys=[None] * len(counts_x),
                                bias_for=lambda _, n, m: _bias_for(bias, n, m), **opts)
     return _finish(src, num_sources, flow)
+
+
+def _small_graphs(x: Tensor, y: Tensor | None, k: int, counts_x: list[int],
+                  counts_y: list[int], bias, num_sources: int, flow: str,
+                  opts: dict) -> EdgeIndex:
+    """:func:`knn_graph` where some graph has fewer candidates than ``k * dilation``: each graph
+    gets as many neighbours as it has (every ``dilation``-th candidate), as PyG returns what
+    exists; the result is a target-sorted :class:`~torch_geometric.EdgeIndex`."""
+    dilation, loop = opts["dilation"], opts["loop"]
+    ptr_x, ptr_y = _ptr(counts_x), _ptr(counts_y)
+    srcs, dsts = [], []
+    for g, (n, m) in enumerate(zip(counts_x, counts_y, strict=True)):
+        candidates = m if loop else m - 1
+        if n == 0 or candidates <= 0:
+            continue
+        xq = x[ptr_x[g]:ptr_x[g + 1]].unsqueeze(0)
+        xk = None if y is None else y[ptr_y[g]:ptr_y[g + 1]].unsqueeze(0)
+        ranked = knn_index(xq, xk, min(k * dilation, candidates), bias=_bias_for(bias, n, m),
+                           **dict(opts, dilation=1, stochastic=False))[0]
+        idx = ranked[:, ::dilation][:, :k]  # (n, k_g): every dilation-th of the candidates
+        k_g = idx.size(1)
+        srcs.append((idx + ptr_y[g]).reshape(-1))
+        dsts.append(torch.arange(ptr_x[g], ptr_x[g + 1], device=x.device)
+                    .repeat_interleave(k_g))
+    src = torch.cat(srcs) if srcs else torch.empty(0, dtype=torch.long, device=x.device)
+    dst = torch.cat(dsts) if dsts else torch.empty(0, dtype=torch.long, device=x.device)
+    if flow == "source_to_target":
+        return EdgeIndex(torch.stack([src, dst]), sparse_size=(num_sources, x.size(0)),
+                         sort_order="col")
+    return EdgeIndex(torch.stack([dst, src]), sparse_size=(x.size(0), num_sources),
+                     sort_order="row")
 
 
 _knn_graph_eager = torch.compiler.disable(knn_graph)

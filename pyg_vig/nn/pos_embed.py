@@ -20,20 +20,30 @@ which is :math:`-1` for a node and itself. Two ways to build it are offered:
 * ``mode="geometric"`` evaluates the formula above at the true centres of the pooled
   :math:`r \times r` windows. It equals the official table when r = 1, up to float32 rounding.
 
-All tables are computed once per ``(grid_h, grid_w, dim, r, mode)`` on the CPU and cached; callers
-receive a fresh copy on the requested device.
+Tables live in one shared, bounded cache (:data:`relative_position_cache`): Graphers with the same
+configuration share one table per input size, device and dtype; the least recently used tables are
+evicted once the cache holds more than ``maxsize`` tables or ``max_bytes`` bytes (the newest is
+always kept), so memory does not grow with the number of input sizes a model sees (detection).
+The public functions return fresh copies that the caller may modify.
 """
 
 from __future__ import annotations
 
-import functools
 import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "TableCache",
+    "relative_position_cache",
+    "cached_relative_position_bias",
+    "cached_relative_position_factors",
     "sincos_2d",
     "relative_position_bias",
     "relative_position_factors",
@@ -133,7 +143,86 @@ def sincos_2d(
     return torch.cat([cols.sin(), cols.cos(), rows.sin(), rows.cos()], dim=1)
 
 
-@functools.lru_cache(maxsize=64)
+class CacheInfo(NamedTuple):
+    hits: int
+    misses: int
+    currsize: int
+    maxsize: int
+    nbytes: int
+    max_bytes: int
+
+
+class TableCache:
+    """A least-recently-used cache of tensors bounded by entry count and total bytes.
+
+    Like :func:`functools.lru_cache` (``cache_info()``, ``cache_clear()``), but it counts the
+    bytes of what it holds: once over ``maxsize`` entries or ``max_bytes`` bytes it evicts the
+    least recently used ones, always keeping the newest. Thread-safe.
+
+    Args:
+        maxsize (int): most entries held. (default: :obj:`16`)
+        max_bytes (int): most bytes held (the newest entry is kept even if larger).
+            (default: 1 GiB)
+    """
+
+    def __init__(self, maxsize: int = 16, max_bytes: int = 1 << 30):
+        self.maxsize, self.max_bytes = int(maxsize), int(max_bytes)
+        self._data: OrderedDict[Hashable, object] = OrderedDict()
+        self._lock = threading.Lock()
+        self._hits = self._misses = 0
+
+    @staticmethod
+    def _nbytes(value) -> int:
+        tensors = value if isinstance(value, tuple) else (value,)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def nbytes(self) -> int:
+        """Bytes held now."""
+        with self._lock:
+            return sum(self._nbytes(v) for v in self._data.values())
+
+    def get(self, key: Hashable, build: Callable[[], object]):
+        """The value under ``key``, built with ``build()`` (outside the lock) on a miss."""
+        with self._lock:
+            if key in self._data:
+                self._hits += 1
+                self._data.move_to_end(key)
+                return self._data[key]
+            self._misses += 1
+        value = build()
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            total = sum(self._nbytes(v) for v in self._data.values())
+            while len(self._data) > 1 and (len(self._data) > self.maxsize
+                                           or total > self.max_bytes):
+                _, old = self._data.popitem(last=False)
+                total -= self._nbytes(old)
+        return value
+
+    def peek(self, key: Hashable):
+        """The value under ``key`` or ``None``, without counting or reordering (lock-free, so
+        that :func:`torch.compile` can trace it)."""
+        return self._data.get(key)
+
+    def cache_info(self) -> CacheInfo:
+        with self._lock:
+            nbytes = sum(self._nbytes(v) for v in self._data.values())
+            return CacheInfo(self._hits, self._misses, len(self._data), self.maxsize, nbytes,
+                             self.max_bytes)
+
+    def cache_clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self._hits = self._misses = 0
+
+
+#: The one cache of relative-position tables and factors, shared by every Grapher. Set its
+#: ``maxsize`` / ``max_bytes`` to trade memory for rebuilds (a stage-0 "official" table at a
+#: detection size such as 800 x 1216 is 60,800 x 3,800 float32 = 924 MB).
+relative_position_cache = TableCache()
+
+
 def _factors_cpu(grid_h: int, grid_w: int, dim: int, r: int) -> tuple[Tensor, Tensor]:
     _check_dim(dim)
     _check_grid(grid_h, grid_w, r)
@@ -147,7 +236,6 @@ def _factors_cpu(grid_h: int, grid_w: int, dim: int, r: int) -> tuple[Tensor, Te
     return (pos_q * scale).float(), (pos_k * scale).float()
 
 
-@functools.lru_cache(maxsize=64)
 def _bias_cpu(grid_h: int, grid_w: int, dim: int, r: int, mode: str) -> Tensor:
     _check_dim(dim)
     _check_grid(grid_h, grid_w, r)
@@ -213,7 +301,7 @@ def relative_position_factors(
 
     :rtype: (:class:`torch.Tensor`, :class:`torch.Tensor`)
     """
-    factor_q, factor_k = _factors_cpu(int(grid_h), int(grid_w), int(dim), int(r))
+    factor_q, factor_k = cached_relative_position_factors(grid_h, grid_w, dim, r)
     device = torch.device("cpu") if device is None else device
     return (
         factor_q.to(device=device, copy=True),
@@ -272,8 +360,46 @@ def relative_position_bias(
 
     :rtype: :class:`torch.Tensor`
     """
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-    bias = _bias_cpu(int(grid_h), int(grid_w), int(dim), int(r), mode)
+    bias = cached_relative_position_bias(grid_h, grid_w, dim, r, mode)
     device = torch.device("cpu") if device is None else device
     return bias.to(device=device, copy=True)
+
+
+def table_key(mode: str, grid_h: int, grid_w: int, dim: int, r: int, device, dtype) -> tuple:
+    """The :data:`relative_position_cache` key of a table (``mode="geometric"``: its factors)."""
+    device = torch.device("cpu") if device is None else torch.device(device)
+    return (mode, int(grid_h), int(grid_w), int(dim), int(r), device, dtype)
+
+
+def cached_relative_position_bias(grid_h: int, grid_w: int, dim: int, r: int = 1,
+                                  mode: str = "official", *, device=None,
+                                  dtype: torch.dtype = torch.float32) -> Tensor:
+    """:func:`relative_position_bias` from :data:`relative_position_cache`, on ``device`` in
+    ``dtype``: the shared table itself (read it, never modify it)."""
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    # "geometric" alone keys its factors (what Graphers use); its dense table is cached apart.
+    key = table_key(mode if mode == "official" else "geometric-table", grid_h, grid_w, dim, r,
+                    device, dtype)
+    device = key[-2]
+
+    def build():
+        table = _bias_cpu(int(grid_h), int(grid_w), int(dim), int(r), mode)
+        return table.to(device=device, dtype=dtype)
+
+    return relative_position_cache.get(key, build)
+
+
+def cached_relative_position_factors(grid_h: int, grid_w: int, dim: int, r: int = 1, *,
+                                     device=None, dtype: torch.dtype = torch.float32
+                                     ) -> tuple[Tensor, Tensor]:
+    """:func:`relative_position_factors` from :data:`relative_position_cache` (shared tensors:
+    read them, never modify them)."""
+    key = table_key("geometric", grid_h, grid_w, dim, r, device, dtype)
+    device = key[-2]
+
+    def build():
+        q, k = _factors_cpu(int(grid_h), int(grid_w), int(dim), int(r))
+        return q.to(device=device, dtype=dtype), k.to(device=device, dtype=dtype)
+
+    return relative_position_cache.get(key, build)

@@ -4,6 +4,7 @@ The default suite uses the ``aot_eager`` backend (it traces through AOTAutograd 
 skips code generation, which takes ~40 s per graph on 2 CPU cores); ``FULL_TEST=1`` adds inductor.
 """
 
+from functools import partial
 import os
 import warnings
 
@@ -11,13 +12,16 @@ import pytest
 import torch
 
 from pyg_vig.data import GridLayout
-from pyg_vig.nn import EdgeConv, GINConv, Grapher, MRConv, SAGEConv, knn_graph
+from pyg_vig.nn import EdgeConv, GINConv, Grapher, MRConv, SAGEConv, knn_graph as pyg_knn_graph
 
 BACKENDS = ["aot_eager"]
 if os.environ.get("FULL_TEST") == "1":
     BACKENDS.append(pytest.param("inductor", marks=pytest.mark.slow))
 
 C = 16
+
+# ViG's graph (normalised features, self-loops); PyG's defaults are tested in test_knn_pyg.py
+knn_graph = partial(pyg_knn_graph, loop=True, normalize=True)
 
 
 @pytest.fixture(autouse=True)
@@ -99,3 +103,29 @@ def test_compiled_grapher_with_batch_vector_matches_eager():
     grapher = Grapher(C, k=4, conv="edge").eval()
     compiled = torch.compile(grapher, backend="aot_eager")
     torch.testing.assert_close(compiled(x, batch), grapher(x, batch), rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_pyramid_model_keeps_tables_as_constants(monkeypatch):
+    # The relative-position tables are read from the shared cache as constants of the compiled
+    # graph: after the first call they are never rebuilt, and the output equals eager.
+    import pyg_vig
+    from pyg_vig.nn import pos_embed
+
+    torch._dynamo.reset()
+    pos_embed.relative_position_cache.cache_clear()
+    model = pyg_vig.create_model("pvig_mini", num_classes=4).eval()
+    x = torch.randn(2, 1, 32, 32)
+    compiled = torch.compile(model, backend="aot_eager")
+    with torch.no_grad():
+        compiled(x)
+
+        def rebuilt(*args, **kwargs):
+            raise AssertionError("relative-position table rebuilt in a compiled call")
+
+        monkeypatch.setattr(pos_embed, "_bias_cpu", rebuilt)
+        monkeypatch.setattr(pos_embed, "_factors_cpu", rebuilt)
+        out = compiled(x)
+        out2 = compiled(x + 0.5)
+        ref, ref2 = model(x), model(x + 0.5)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out2, ref2, rtol=1e-5, atol=1e-5)

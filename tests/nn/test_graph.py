@@ -1,3 +1,4 @@
+from functools import partial
 import importlib.util
 import itertools
 
@@ -7,7 +8,7 @@ import torch.nn.functional as F
 from dense_reference import dense_knn
 
 import pyg_vig.nn.graph as graph_mod
-from pyg_vig.nn import KNNEdgeIndex, LowRankBias, available_backends, knn_graph
+from pyg_vig.nn import KNNEdgeIndex, LowRankBias, available_backends, knn_graph as pyg_knn_graph
 from pyg_vig.nn.graph import batched_sources, knn_index, resolve_backend, select_ranks
 from pyg_vig.nn.pos_embed import relative_position_bias, relative_position_factors
 
@@ -18,6 +19,9 @@ C = 8
 # (targets, sources) per graph: mixed sizes, including a repeated size (grouped together).
 SIZES = [(12, 12), (9, 9), (12, 12), (16, 16)]
 SIZES_BIPARTITE = [(12, 8), (9, 10), (12, 8), (16, 9)]
+
+# ViG's graph (normalised features, self-loops); PyG's defaults are tested in test_knn_pyg.py
+knn_graph = partial(pyg_knn_graph, loop=True, normalize=True)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -298,14 +302,18 @@ def test_chunking_gives_identical_output(monkeypatch, chunk, bipartite):
 
 
 # --------------------------------------------------------------------------- errors
-def test_error_too_few_candidates():
+def test_too_few_candidates_gives_what_exists():
+    # As PyG: a small graph gets all the candidates it has (every dilation-th), not an error.
     x = torch.randn(9, C)
     batch = torch.tensor([0] * 6 + [1] * 3)
-    with pytest.raises(ValueError, match=r"graph 1 has only 3 candidate.*k \* dilation.*lower k"):
-        knn_graph(x, 2, batch, dilation=2)
+    out = knn_graph(x, 2, batch, dilation=2)
+    assert not isinstance(out, KNNEdgeIndex) and out.is_sorted_by_col
+    degree = torch.bincount(out[1], minlength=9)
+    assert degree.tolist() == [2] * 6 + [2] * 3  # graph 1: ranks 0 and 2 of its 3 nodes
     y, batch_y = torch.randn(5, C), torch.tensor([0, 0, 0, 0, 1])
-    with pytest.raises(ValueError, match="graph 1 has only 1 candidate"):
-        knn_graph(x, 2, batch, y=y, batch_y=batch_y)
+    out = knn_graph(x, 2, batch, y=y, batch_y=batch_y)
+    assert torch.bincount(out[1], minlength=9).tolist() == [2] * 6 + [1] * 3
+    assert (out[0][out[1] >= 6] == 4).all()  # graph 1's only source
 
 
 @pytest.mark.parametrize("k,dilation", [(0, 1), (2, 0), (-1, 1)])

@@ -1,5 +1,6 @@
 import copy
 import importlib.util
+from functools import partial
 
 import pytest
 import torch
@@ -15,12 +16,14 @@ from pyg_vig.nn import (
     LowRankBias,
     MRConv,
     ViGBlock,
-    knn_graph,
 )
+from pyg_vig.nn import knn_graph as pyg_knn_graph
 from pyg_vig.nn.pos_embed import relative_position_bias
 
 C = 16
 HAS_CLUSTER = importlib.util.find_spec("torch_cluster") is not None
+# ViG's graph (normalised features, self-loops), what Grapher builds
+knn_graph = partial(pyg_knn_graph, loop=True, normalize=True)
 
 
 def nodes(layout, channels=C):
@@ -118,10 +121,43 @@ def test_relative_pos_uses_table(relative_pos):
     assert torch.equal(edge_index, expected)
     # the self edge keeps rank 0 (distance ~0 and the strongest bias)
     assert torch.equal(edge_index[0].view(-1, 3)[:, 0], torch.arange(50))
-    table = g.relative_bias((5, 5), x.device, x.dtype)
-    assert g.relative_bias((5, 5), x.device, x.dtype) is table  # cached
-    g.double()
-    assert g._bias_cache == {}  # tables follow device/dtype changes
+    def tensor(b):
+        return b.query if isinstance(b, LowRankBias) else b
+
+    table = tensor(g.relative_bias((5, 5), x.device, x.dtype))
+    assert tensor(g.relative_bias((5, 5), x.device, x.dtype)) is table  # cached
+    twin = copy.deepcopy(g)
+    assert tensor(twin.relative_bias((5, 5), x.device, x.dtype)) is table  # shared
+    g.double()  # tables follow the dtype (never below float32)
+    assert tensor(g.relative_bias((5, 5), x.device, torch.float64)) is not table
+    bf16 = g.relative_bias((5, 5), x.device, torch.bfloat16)
+    assert (bf16.dtype if isinstance(bf16, torch.Tensor) else bf16.query.dtype) == torch.float32
+
+
+def test_graph_transform_prunes_edges_once():
+    # A graph transform (PyG's dropout_edge) sees the k-NN graph; fc1 runs once, so its
+    # BatchNorm statistics move once per forward.
+    from torch_geometric.utils import dropout_edge
+
+    layout = GridLayout.uniform_grid(2, 4, 4)
+    x = nodes(layout)
+    seen = []
+
+    def drop(edge_index):
+        seen.append(edge_index.size(1))
+        return dropout_edge(edge_index, p=0.5, training=True)[0]
+
+    g = Grapher(C, k=4, graph_transform=drop).train()
+    torch.manual_seed(0)
+    out, edge_index = g(x, layout=layout, return_edge_index=True)
+    assert seen == [32 * 4] and 0 < edge_index.size(1) < 32 * 4
+    assert int(g.fc1[1].num_batches_tracked) == 1
+    plain = Grapher(C, k=4).train()
+    plain.load_state_dict(g.state_dict())
+    full = plain(x, layout=layout)
+    assert not torch.allclose(out, full)  # the pruned graph changed the messages
+    with pytest.raises(TypeError, match="graph_transform must be a callable"):
+        Grapher(C, graph_transform=0.5)
 
 
 @pytest.mark.skipif(not HAS_CLUSTER, reason="torch-cluster is not installed")

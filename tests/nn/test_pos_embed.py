@@ -157,10 +157,59 @@ def test_device_argument():
 def test_official_table_row_chunks_are_bit_identical(monkeypatch):
     import pyg_vig.nn.pos_embed as pe
 
-    pe._bias_cpu.cache_clear()
+    pe.relative_position_cache.cache_clear()
     whole = pe.relative_position_bias(28, 28, 16, r=2, mode="official")
-    pe._bias_cpu.cache_clear()
+    pe.relative_position_cache.cache_clear()
     monkeypatch.setattr(pe, "_CHUNK_ELEMENTS", 784 * 37)  # 37-row chunks, last one partial
     chunked = pe.relative_position_bias(28, 28, 16, r=2, mode="official")
-    pe._bias_cpu.cache_clear()
+    pe.relative_position_cache.cache_clear()
     assert torch.equal(whole, chunked)
+
+
+def test_table_cache_is_bounded_by_entries_and_bytes():
+    from pyg_vig.nn.pos_embed import TableCache
+
+    cache = TableCache(maxsize=3, max_bytes=10 * 4 * 100)  # ten 100-float tables
+    built = []
+
+    def table(i, n=100):
+        return cache.get(i, lambda: built.append(i) or torch.full((n,), float(len(built))))
+
+    for i in range(5):
+        table(i)
+    info = cache.cache_info()
+    assert (info.currsize, info.misses, info.hits) == (3, 5, 0)  # the 3 most recent stay
+    assert table(4)[0] == 5 and cache.cache_info().hits == 1
+    table(0)  # evicted before: rebuilt
+    assert built == [0, 1, 2, 3, 4, 0]
+    big = table("big", n=2000)  # larger than max_bytes alone: kept (the newest), others go
+    assert cache.cache_info().currsize == 1 and cache.peek("big") is big
+    assert cache.nbytes() == 2000 * 4
+    cache.cache_clear()
+    assert cache.cache_info() == (0, 0, 0, 3, 0, 4000)
+
+
+def test_pyramid_model_over_many_detection_sizes_keeps_memory_bounded():
+    # A detector sees a new input size at nearly every step; the tables of all Graphers live in
+    # one shared cache that stays under its bounds, and the outputs equal uncached ones.
+    import pyg_vig
+    from pyg_vig.nn import pos_embed
+
+    cache = pos_embed.relative_position_cache
+    old = cache.maxsize, cache.max_bytes
+    cache.cache_clear()
+    cache.maxsize, cache.max_bytes = 6, 2 << 20
+    try:
+        model = pyg_vig.create_model("pvig_mini", num_classes=3).eval()
+        sizes = [(64, 96), (96, 64), (80, 80), (64, 64), (96, 96), (72, 88), (64, 96)]
+        with torch.no_grad():
+            outs = [model(torch.ones(1, 1, h, w)) for h, w in sizes]
+            assert cache.cache_info().currsize <= 6 and cache.nbytes() <= 2 << 20
+            assert cache.cache_info().misses > 6  # sizes were evicted and rebuilt on return
+            cache.cache_clear()
+            again = model(torch.ones(1, 1, 64, 96))  # built afresh
+        torch.testing.assert_close(outs[0], again, rtol=0, atol=0)
+        torch.testing.assert_close(outs[-1], again, rtol=0, atol=0)
+    finally:
+        cache.maxsize, cache.max_bytes = old
+        cache.cache_clear()

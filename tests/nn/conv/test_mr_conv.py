@@ -1,4 +1,3 @@
-
 import torch
 from dense_reference import (
     RefMRConv,
@@ -44,7 +43,7 @@ def test_training_gradient_matches_torch_max_formulation():
     from pyg_vig.nn import knn_graph
 
     x = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
-    edge_index = knn_graph(x.detach(), 5)
+    edge_index = knn_graph(x.detach(), 5, loop=True, normalize=True)
     conv = MRConv(16, 32).double().train()
     out = conv(x, edge_index)
     (g_fast,) = torch.autograd.grad(out.square().sum(), x)

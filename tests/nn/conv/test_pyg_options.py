@@ -6,6 +6,7 @@ with GNNExplainer, hook into messages. Each result is compared with a hand-writt
 reference and with PyG's generic path (a plain ``edge_index`` tensor).
 """
 
+from functools import partial
 import pytest
 import torch
 from dense_reference import CountPaths, plain
@@ -14,12 +15,15 @@ from torch_geometric.explain import Explainer, GNNExplainer
 from torch_geometric.nn.aggr import MeanAggregation, SoftmaxAggregation
 from torch_geometric.utils import dropout_edge
 
-from pyg_vig.nn import EdgeConv, GINConv, Grapher, KNNEdgeIndex, MRConv, SAGEConv, knn_graph
+from pyg_vig.nn import EdgeConv, GINConv, Grapher, KNNEdgeIndex, MRConv, SAGEConv, knn_graph as pyg_knn_graph
 from pyg_vig.nn.conv._utils import interleave
 
 C, OUT, N, M, K = 8, 16, 30, 12, 5
 CONVS = [MRConv, EdgeConv, GINConv, SAGEConv]
 AGGRS = ["mean", "max", "min", "sum"]
+
+# ViG's graph (normalised features, self-loops); PyG's defaults are tested in test_knn_pyg.py
+knn_graph = partial(pyg_knn_graph, loop=True, normalize=True)
 
 
 def _reduce(values, aggr, channels):
