@@ -69,6 +69,14 @@ def reduce_edges(messages: Tensor, edge_index: EdgeIndex, reduce: str) -> Tensor
         # a segment reduction is a gather-reduce with the identity gather
         identity = torch.arange(messages.size(0), device=messages.device)
         return ops.gather_segment_reduce(messages, identity, ptr, reduce, impl="auto")
+    if reduce in ("max", "min"):
+        # torch's segment reduction hands the full gradient to every tied maximum (EdgeConv's
+        # x_i half ties on all edges into i, so gradients came out k times too large on CUDA);
+        # scatter's amax/amin shares it among the ties, as the reshape path's amax does.
+        from torch_geometric.utils import scatter
+
+        targets = edge_index.as_tensor()[1]
+        return scatter(messages, targets, 0, dim_size=ptr.numel() - 1, reduce=reduce)
     from torch_geometric.utils import segment
 
     return segment(messages, ptr, reduce=reduce)
