@@ -36,6 +36,16 @@ class ViGBase(nn.Module):
                     f"expected images of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}"
                 )
             self._check_dtype(x)
+            if torch.compiler.is_exporting() and not all(
+                    isinstance(d, int) for d in x.shape[1:]):
+                # Symbolic H/W would make every k-NN size, pooled grid and bias table symbolic:
+                # torch.export then spends half an hour in sympy before failing.
+                raise ValueError(
+                    "torch.export with a dynamic height/width is not supported by pyg_vig "
+                    "models: only the batch dimension may be dynamic, e.g. dynamic_shapes="
+                    "({0: torch.export.Dim('batch')},). Export one program per input size "
+                    "(pyg_vig.export.export_program / to_onnx do this)."
+                )
             if x.shape[1] != self.in_chans and x.shape[-1] == self.in_chans:
                 raise ValueError(
                     f"got images of shape {tuple(x.shape)}, which looks like channels-last "

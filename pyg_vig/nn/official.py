@@ -152,20 +152,29 @@ class OfficialGrapher(Grapher):
     """:class:`~pyg_vig.nn.Grapher` in the official operation order."""
 
     def forward(self, x: Tensor, batch: Tensor | None = None, layout: GridLayout | None = None,
-                return_edge_index: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+                return_edge_index: bool = False, *, edge_index: Tensor | None = None
+                ) -> Tensor | tuple[Tensor, Tensor]:
         B, hw = _uniform(x, batch, layout)
         shortcut = x
         x = _linear_bn(self.fc1, x, B, hw)
         y, layout_y = self.keys(x, layout)
-        # k-NN on the channel-first normalised features, batched as (B, n, C) views
-        bias = None if layout is None else self.relative_bias(layout.grid, x.device, x.dtype)
-        idx = knn_index(_normalize(x, B), None if y is None else _normalize(y, B), self.k,
-                        dilation=self.dilation, bias=bias, epsilon=self.epsilon,
-                        stochastic=self.stochastic and self.training, normalize=False,
-                        backend=self.backend)
-        keys = x if y is None else y
-        edge_index = KNNEdgeIndex.from_sources(batched_sources(idx, keys.size(0) // B),
-                                               keys.size(0))
+        if edge_index is None:
+            # k-NN on the channel-first normalised features, batched as (B, n, C) views
+            bias = None if layout is None else self.relative_bias(layout.grid, x.device,
+                                                                  x.dtype)
+            idx = knn_index(_normalize(x, B), None if y is None else _normalize(y, B), self.k,
+                            dilation=self.dilation, bias=bias, epsilon=self.epsilon,
+                            stochastic=self.stochastic and self.training, normalize=False,
+                            backend=self.backend)
+            keys = x if y is None else y
+            edge_index = KNNEdgeIndex.from_sources(batched_sources(idx, keys.size(0) // B),
+                                                   keys.size(0))
+        elif regular_degree(edge_index) is None:
+            raise ValueError(
+                "a Grapher in the official operation order needs a k-regular, target-sorted "
+                "KNNEdgeIndex as edge_index= (the official code only has k-NN graphs); run "
+                "other graphs on a model that was not converted by to_official_numerics"
+            )
         conv_in = x if y is None else (y, x)
         if type(self.graph_conv) in _CONV_TWINS.values():
             x = self.graph_conv(conv_in, edge_index, num_graphs=B)
@@ -209,8 +218,38 @@ def to_official_numerics(model: nn.Module) -> nn.Module:
     buffers; the state dict is unchanged). The converted model only accepts batches of equally
     sized images, and is slower: use it to reproduce official results exactly, not for production.
     """
+    for name, module in model.named_modules():
+        _check_official(name or type(module).__name__, module)
     for module in model.modules():
         twin = _TWINS.get(type(module))
         if twin is not None:
             module.__class__ = twin
     return model
+
+
+_OFFICIAL_AGGR = {MRConv: "max", EdgeConv: "max", SAGEConv: "max", GINConv: "add"}
+
+
+def _check_official(name: str, module: nn.Module) -> None:
+    """Refuse options the official operation order has no counterpart for (converting would
+    silently change what the model computes)."""
+    what = None
+    if isinstance(module, Grapher) and getattr(module, "graph_transform", None) is not None:
+        what = "a graph_transform (the official graph is the plain k-NN graph)"
+    elif type(module) in _OFFICIAL_AGGR:
+        aggr = module.aggr
+        if aggr == "sum":
+            aggr = "add"
+        if aggr != _OFFICIAL_AGGR[type(module)]:
+            what = f"aggr={module.aggr!r} (the official {type(module).__name__} uses " \
+                   f"{_OFFICIAL_AGGR[type(module)]!r})"
+        elif module.flow != "source_to_target":
+            what = f"flow={module.flow!r}"
+        elif module.node_dim not in (0, -2):
+            what = f"node_dim={module.node_dim}"
+    if what is not None:
+        raise ValueError(
+            f"to_official_numerics: {name} uses {what}, which the official code does not have; "
+            "the converted model would compute something else. Convert only models built with "
+            "the official options, or keep this one in the default operation order."
+        )
