@@ -182,3 +182,38 @@ def test_pyg_lib_backend_same_graph_when_installed(points):
     kw = dict(loop=True, normalize=True)
     assert torch.equal(knn_graph(x[:55], 4, batch[:55], backend="pyg", **kw),
                        knn_graph(x[:55], 4, batch[:55], backend="dense", **kw))
+
+
+@pytest.mark.parametrize("conv_name", ["MRConv", "EdgeConv", "GINConv", "SAGEConv"])
+@pytest.mark.parametrize("node_dim", [-2, 1])
+@pytest.mark.parametrize("graph_type", ["knn", "tensor"])
+def test_convs_on_3d_node_features(conv_name, node_dim, graph_type):
+    # [T, N, C] input with node_dim, as PyG's convs take it: equal to a loop over T.
+    import pyg_vig.nn as pnn
+
+    x = torch.randn(30, 16)
+    edge_index = knn_graph(x, 4, loop=True, normalize=True)
+    if graph_type == "tensor":
+        edge_index = edge_index.as_tensor()
+    conv = getattr(pnn, conv_name)(16, 32).eval()
+    xt = torch.randn(3, 30, 16)
+    with torch.no_grad():
+        ref = torch.stack([conv(xt[t], edge_index) for t in range(3)])
+        conv.node_dim = node_dim
+        out = conv(xt, edge_index)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_edge_conv_list_aggr_channels_as_pyg():
+    # PyG's EdgeConv aggregates last, so a list of aggregations concatenates (2 x channels);
+    # ours does the same. MRConv/SAGEConv aggregate before their update layer.
+    import torch_geometric.nn as gnn
+
+    from pyg_vig.nn import EdgeConv, MRConv
+
+    x = torch.randn(30, 16)
+    edge_index = knn_graph(x, 4, loop=True, normalize=True)
+    ours = EdgeConv(16, 32, aggr=["mean", "max"])(x, edge_index)
+    theirs = gnn.EdgeConv(torch.nn.Linear(32, 32), aggr=["mean", "max"])(x, edge_index.as_tensor())
+    assert ours.shape == theirs.shape == (30, 64)
+    assert MRConv(16, 32, aggr=["mean", "max"])(x, edge_index).shape == (30, 32)

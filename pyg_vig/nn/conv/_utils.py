@@ -30,19 +30,22 @@ def single_or_pair(x: tuple[Tensor, Tensor]) -> Tensor | tuple[Tensor, Tensor]:
     return x[0] if x[0] is x[1] else x
 
 
-def for_propagate(conv: MessagePassing, edge_index: object) -> object:
+def for_propagate(conv: MessagePassing, edge_index: object, x: object = None) -> object:
     """``edge_index`` as :meth:`~MessagePassing.propagate` should see it.
 
     PyG runs ``message_and_aggregate`` for a column-sorted :class:`~torch_geometric.EdgeIndex`
     whenever ``aggr`` is a fusable string and the layer is not explaining. Our fused paths
     assume the default ``flow`` and no per-message hooks or feature decomposition; for any other
     setting the graph is handed over as a plain tensor, so PyG's generic message → aggregate
-    path runs and every option means what it means in PyG.
+    path runs and every option means what it means in PyG. So does node-feature input with
+    more than two dimensions (``[T, N, C]`` with ``node_dim``): the fused kernels take ``[N, C]``.
     """
     if not isinstance(edge_index, EdgeIndex):
         return edge_index
+    first = x[0] if isinstance(x, (tuple, list)) else x
     generic = (
-        conv.flow != "source_to_target"
+        (isinstance(first, Tensor) and first.dim() != 2)
+        or conv.flow != "source_to_target"
         or conv.decomposed_layers != 1
         or conv._message_forward_pre_hooks or conv._message_forward_hooks
         or conv._aggregate_forward_pre_hooks or conv._aggregate_forward_hooks
@@ -87,7 +90,7 @@ def relative_to_target(conv: MessagePassing, agg: Tensor, x_dst: Tensor, edge_in
 
 def interleave(x: Tensor, m: Tensor) -> Tensor:
     """``[N, C]``, ``[N, C]`` → ``[N, 2C]`` with channels ``x_0, m_0, x_1, m_1, ...``."""
-    return rearrange(torch.stack([x, m], dim=-1), "n c two -> n (c two)")
+    return rearrange(torch.stack([x, m], dim=-1), "... c two -> ... (c two)")
 
 
 def update_repr(module, in_channels, out_channels, **extra) -> str:

@@ -69,7 +69,7 @@ class EdgeConv(MessagePassing):
 
     def forward(self, x: Tensor | PairTensor, edge_index: Adj) -> Tensor:
         # propagate_type: (x: PairTensor)
-        return self.propagate(for_propagate(self, edge_index), x=as_pair(x))
+        return self.propagate(for_propagate(self, edge_index, x), x=as_pair(x))
 
     def message_and_aggregate(self, edge_index: Adj, x: PairTensor) -> Tensor:
         r"""Per-node GEMMs instead of per-edge ones.

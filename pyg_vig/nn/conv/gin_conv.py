@@ -81,7 +81,7 @@ class GINConv(MessagePassing):
     def forward(self, x: Tensor | PairTensor, edge_index: Adj) -> Tensor:
         x = as_pair(x)
         # propagate_type: (x: PairTensor)
-        agg = self.propagate(for_propagate(self, edge_index), x=single_or_pair(x))
+        agg = self.propagate(for_propagate(self, edge_index, x), x=single_or_pair(x))
         return self.nn((1 + self.eps) * x[1] + agg)
 
     def message(self, x_j: Tensor) -> Tensor:

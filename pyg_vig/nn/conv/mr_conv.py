@@ -83,7 +83,7 @@ class MRConv(MessagePassing):
     def forward(self, x: Tensor | PairTensor, edge_index: Adj) -> Tensor:
         x = as_pair(x)
         # propagate_type: (x: PairTensor)
-        m = self.propagate(for_propagate(self, edge_index), x=single_or_pair(x))
+        m = self.propagate(for_propagate(self, edge_index, x), x=single_or_pair(x))
         if self.aggr_channels == self.in_channels:
             return self.nn(interleave(x[1], m))  # x_0, m_0, x_1, m_1, ... as the official code
         return self.nn(torch.cat([x[1], m], dim=-1))

@@ -74,7 +74,7 @@ class SAGEConv(MessagePassing):
     def forward(self, x: Tensor | PairTensor, edge_index: Adj) -> Tensor:
         x = as_pair(x)
         # propagate_type: (x: PairTensor)
-        m = self.propagate(for_propagate(self, edge_index), x=x)
+        m = self.propagate(for_propagate(self, edge_index, x), x=x)
         return self.nn2(torch.cat([x[1], m], dim=-1))
 
     def message(self, x_j: Tensor) -> Tensor:
