@@ -1,5 +1,7 @@
 """pyg_vig: Vision GNN built from PyTorch Geometric parts."""
 
+# With timm installed, every model and weight tag is also in timm's registry (timm.create_model).
+from pyg_vig import timm_registry as _timm_registry  # noqa: E402
 from pyg_vig.hub import get_pretrained_cfg, list_pretrained
 from pyg_vig.models import (
     PyramidViG,
@@ -10,9 +12,6 @@ from pyg_vig.models import (
     load_checkpoint,
 )
 from pyg_vig.version import __version__
-
-# With timm installed, every model and weight tag is also in timm's registry (timm.create_model).
-from pyg_vig import timm_registry as _timm_registry  # noqa: E402
 
 _timm_registry._register_quietly()
 

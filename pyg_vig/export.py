@@ -105,7 +105,8 @@ def _atomic_target(path: Path) -> Path:
 
 def _publish(tmp: Path, path: Path) -> None:
     """Move the finished temporary file into place with the mode of any new file (``mkstemp``
-    creates 0600; the rest of a run folder follows the umask, usually 0644)."""
+    creates 0600; the rest of a run folder follows the umask, usually 0644).
+    """
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)

@@ -136,7 +136,8 @@ def _pid_alive(pid: int) -> bool:
 
 def _remove_stale_partials(path: Path) -> list[Path]:
     """Delete ``<name>.<pid>.<id>.partial`` files left by dead downloads (``kill -9``) →
-    the removed paths. A partial file of a process that still runs is left alone."""
+    the removed paths. A partial file of a process that still runs is left alone.
+    """
     removed = []
     for p in path.parent.glob(f"{path.name}.*.partial"):
         pid = p.name[len(path.name) + 1:].split(".")[0]

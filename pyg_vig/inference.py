@@ -153,7 +153,8 @@ def load_predictor(source: str | Path | None = None, *, model: str | None = None
 
 def expand_images(inputs: Iterable[str | Path]) -> tuple[list[str], list[str]]:
     """Files and folders → (image paths, problems). Folders give their images, recursively,
-    sorted; an empty folder is a problem."""
+    sorted; an empty folder is a problem.
+    """
     from pyg_vig.datasets import IMAGE_EXTENSIONS
 
     paths, problems = [], []
@@ -173,7 +174,8 @@ def expand_images(inputs: Iterable[str | Path]) -> tuple[list[str], list[str]]:
 @dataclass
 class Prediction:
     """One image's result: ``top`` holds (class, index, probability), best first; ``error``
-    says why the image could not be classified (then ``top`` is empty)."""
+    says why the image could not be classified (then ``top`` is empty).
+    """
 
     image: str
     top: list[tuple[str, int, float]]
@@ -189,7 +191,8 @@ class Prediction:
 def predict_files(predictor: Predictor, images: Sequence[str | Path], *, topk: int = 3,
                   batch_size: int = 16) -> Iterator[Prediction]:
     """Classify image files in batches; an unreadable file yields a :class:`Prediction` with
-    ``error`` set, in input order."""
+    ``error`` set, in input order.
+    """
     from pyg_vig.datasets import create_transform
 
     transform = create_transform(**predictor.data_config)

@@ -10,8 +10,8 @@ its float64 distance equals the CPU one to 1e-5; the layer tests use graphs buil
 CPU, and the whole-model comparison runs in float64, where rounding flips nothing.
 """
 
-from functools import partial
 import copy
+from functools import partial
 
 import pytest
 import torch
@@ -21,7 +21,8 @@ from torch.utils._pytree import tree_leaves
 
 import pyg_vig
 from pyg_vig.data import GridLayout
-from pyg_vig.nn import EdgeConv, GINConv, Grapher, MRConv, SAGEConv, knn_graph as pyg_knn_graph
+from pyg_vig.nn import EdgeConv, GINConv, Grapher, MRConv, SAGEConv
+from pyg_vig.nn import knn_graph as pyg_knn_graph
 
 C = 16
 TOL = dict(atol=1e-4, rtol=1e-4)

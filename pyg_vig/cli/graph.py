@@ -50,10 +50,9 @@ def run(args: argparse.Namespace) -> int:
     from torchvision.transforms import Normalize
 
     from pyg_vig.datasets import load_dataset
+    from pyg_vig.inference import resolve_device
     from pyg_vig.train import load_trained_model
     from pyg_vig.train.plots import draw_knn_graph
-
-    from pyg_vig.inference import resolve_device
 
     device = resolve_device(args.device)
     model, cfg = load_trained_model(args.checkpoint, device)

@@ -29,7 +29,8 @@ __all__ = ["build_model_with_cfg", "resolve_pretrained_cfg"]
 def resolve_pretrained_cfg(variant: str, pretrained_cfg: dict | str | None = None,
                            pretrained_cfg_overlay: dict | None = None) -> dict:
     """The configuration for ``variant``: registered (``pretrained_cfg`` may name a tag),
-    replaced by a ``pretrained_cfg`` dict, then updated by the overlay."""
+    replaced by a ``pretrained_cfg`` dict, then updated by the overlay.
+    """
     if isinstance(pretrained_cfg, str):
         cfg = get_pretrained_cfg(f"{variant.split('.')[0]}.{pretrained_cfg}")
     elif pretrained_cfg is not None:

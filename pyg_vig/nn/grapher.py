@@ -58,7 +58,8 @@ _GETTERS: dict[int, Callable] = {}
 def _constant_getter(owner: int) -> Callable:
     """A table getter that :func:`torch.compile` calls once while tracing and keeps as a graph
     constant (``assume_constant_result``). Dynamo names the constant after the function, so
-    every Grapher gets a getter of its own (made eagerly: dynamo cannot wrap one mid-trace)."""
+    every Grapher gets a getter of its own (made eagerly: dynamo cannot wrap one mid-trace).
+    """
     getter = _GETTERS.get(owner)
     if getter is None:
         def getter(mode, h, w, channels, reduction, device, dtype):

@@ -385,7 +385,8 @@ def _drop_self(idx: Tensor) -> Tensor:
 
 def _without_nan(x: Tensor) -> tuple[Tensor, Tensor]:
     """Features with NaN rows zeroed, and the mask of those rows (rows without NaN pass
-    through ``torch.where`` unchanged, bit for bit)."""
+    through ``torch.where`` unchanged, bit for bit).
+    """
     bad = torch.isnan(x).any(-1, keepdim=True)
     return torch.where(bad, torch.zeros((), dtype=x.dtype, device=x.device), x), bad
 
@@ -655,7 +656,8 @@ def _small_graphs(x: Tensor, y: Tensor | None, k: int, counts_x: list[int],
                   opts: dict) -> EdgeIndex:
     """:func:`knn_graph` where some graph has fewer candidates than ``k * dilation``: each graph
     gets as many neighbours as it has (every ``dilation``-th candidate), as PyG returns what
-    exists; the result is a target-sorted :class:`~torch_geometric.EdgeIndex`."""
+    exists; the result is a target-sorted :class:`~torch_geometric.EdgeIndex`.
+    """
     dilation, loop = opts["dilation"], opts["loop"]
     ptr_x, ptr_y = _ptr(counts_x), _ptr(counts_y)
     srcs, dsts = [], []

@@ -232,7 +232,8 @@ _OFFICIAL_AGGR = {MRConv: "max", EdgeConv: "max", SAGEConv: "max", GINConv: "add
 
 def _check_official(name: str, module: nn.Module) -> None:
     """Refuse options the official operation order has no counterpart for (converting would
-    silently change what the model computes)."""
+    silently change what the model computes).
+    """
     what = None
     if isinstance(module, Grapher) and getattr(module, "graph_transform", None) is not None:
         what = "a graph_transform (the official graph is the plain k-NN graph)"

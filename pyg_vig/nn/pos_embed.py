@@ -202,7 +202,8 @@ class TableCache:
 
     def peek(self, key: Hashable):
         """The value under ``key`` or ``None``, without counting or reordering (lock-free, so
-        that :func:`torch.compile` can trace it)."""
+        that :func:`torch.compile` can trace it).
+        """
         return self._data.get(key)
 
     def cache_info(self) -> CacheInfo:
@@ -375,7 +376,8 @@ def cached_relative_position_bias(grid_h: int, grid_w: int, dim: int, r: int = 1
                                   mode: str = "official", *, device=None,
                                   dtype: torch.dtype = torch.float32) -> Tensor:
     """:func:`relative_position_bias` from :data:`relative_position_cache`, on ``device`` in
-    ``dtype``: the shared table itself (read it, never modify it)."""
+    ``dtype``: the shared table itself (read it, never modify it).
+    """
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
     # "geometric" alone keys its factors (what Graphers use); its dense table is cached apart.
@@ -394,7 +396,8 @@ def cached_relative_position_factors(grid_h: int, grid_w: int, dim: int, r: int 
                                      device=None, dtype: torch.dtype = torch.float32
                                      ) -> tuple[Tensor, Tensor]:
     """:func:`relative_position_factors` from :data:`relative_position_cache` (shared tensors:
-    read them, never modify them)."""
+    read them, never modify them).
+    """
     key = table_key("geometric", grid_h, grid_w, dim, r, device, dtype)
     device = key[-2]
 

@@ -137,7 +137,8 @@ def _first_line(e: Exception) -> str:
 
 def _torch_load(path: Path) -> Any:
     """``torch.load(weights_only=True)``, also accepting the ``argparse.Namespace`` that timm's
-    ``CheckpointSaver`` stores under ``args`` (a plain attribute holder: no code runs)."""
+    ``CheckpointSaver`` stores under ``args`` (a plain attribute holder: no code runs).
+    """
     import argparse
 
     with torch.serialization.safe_globals([argparse.Namespace]):

@@ -4,15 +4,16 @@ The default suite uses the ``aot_eager`` backend (it traces through AOTAutograd 
 skips code generation, which takes ~40 s per graph on 2 CPU cores); ``FULL_TEST=1`` adds inductor.
 """
 
-from functools import partial
 import os
 import warnings
+from functools import partial
 
 import pytest
 import torch
 
 from pyg_vig.data import GridLayout
-from pyg_vig.nn import EdgeConv, GINConv, Grapher, MRConv, SAGEConv, knn_graph as pyg_knn_graph
+from pyg_vig.nn import EdgeConv, GINConv, Grapher, MRConv, SAGEConv
+from pyg_vig.nn import knn_graph as pyg_knn_graph
 
 BACKENDS = ["aot_eager"]
 if os.environ.get("FULL_TEST") == "1":

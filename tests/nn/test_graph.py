@@ -1,6 +1,6 @@
-from functools import partial
 import importlib.util
 import itertools
+from functools import partial
 
 import pytest
 import torch
@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from dense_reference import dense_knn
 
 import pyg_vig.nn.graph as graph_mod
-from pyg_vig.nn import KNNEdgeIndex, LowRankBias, available_backends, knn_graph as pyg_knn_graph
+from pyg_vig.nn import KNNEdgeIndex, LowRankBias, available_backends
+from pyg_vig.nn import knn_graph as pyg_knn_graph
 from pyg_vig.nn.graph import batched_sources, knn_index, resolve_backend, select_ranks
 from pyg_vig.nn.pos_embed import relative_position_bias, relative_position_factors
 

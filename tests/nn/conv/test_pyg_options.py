@@ -7,6 +7,7 @@ reference and with PyG's generic path (a plain ``edge_index`` tensor).
 """
 
 from functools import partial
+
 import pytest
 import torch
 from dense_reference import CountPaths, plain
@@ -15,7 +16,8 @@ from torch_geometric.explain import Explainer, GNNExplainer
 from torch_geometric.nn.aggr import MeanAggregation, SoftmaxAggregation
 from torch_geometric.utils import dropout_edge
 
-from pyg_vig.nn import EdgeConv, GINConv, Grapher, KNNEdgeIndex, MRConv, SAGEConv, knn_graph as pyg_knn_graph
+from pyg_vig.nn import EdgeConv, GINConv, Grapher, KNNEdgeIndex, MRConv, SAGEConv
+from pyg_vig.nn import knn_graph as pyg_knn_graph
 from pyg_vig.nn.conv._utils import interleave
 
 C, OUT, N, M, K = 8, 16, 30, 12, 5
