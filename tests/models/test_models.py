@@ -42,9 +42,7 @@ def _clear_bias_caches():
     # The tables are cached per process; start from a fresh process's state.
     from pyg_vig.nn import pos_embed
 
-    for fn in vars(pos_embed).values():
-        if hasattr(fn, "cache_clear"):
-            fn.cache_clear()
+    pos_embed.relative_position_cache.cache_clear()
 
 
 def _slow_if(name, slow_names):
