@@ -46,3 +46,10 @@ def _seed():
 def pytest_report_header(config):
     return (f"torch {torch.__version__}, torch_cluster installed: {HAS_CLUSTER}, "
             f"devices: {', '.join(DEVICES)}")
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """A fresh ``$TORCH_HOME`` (the torch.hub download cache) for tests that download."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    return tmp_path / "torch_home"

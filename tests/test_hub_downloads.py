@@ -24,12 +24,6 @@ from weights_helpers import WeightsServer, official_weights  # noqa: E402
 X28 = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(5))
 
 
-@pytest.fixture
-def torch_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    return tmp_path / "torch_home"
-
-
 def _logits(model):
     with torch.no_grad():
         return model.eval()(X28)

@@ -19,12 +19,6 @@ from weights_helpers import WeightsServer, save_official  # noqa: E402
 X28 = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(3))
 
 
-@pytest.fixture
-def torch_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    return tmp_path / "torch_home"
-
-
 def test_every_model_alias_and_tag_is_in_timm():
     names = set(timm.list_models("*vig*"))
     ours = set(pyg_vig.list_models(include_aliases=True))

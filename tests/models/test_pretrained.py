@@ -21,12 +21,6 @@ X28 = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(1))
 
 
 @pytest.fixture
-def torch_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    return tmp_path / "torch_home"
-
-
-@pytest.fixture
 def server():
     s = WeightsServer()
     yield s
