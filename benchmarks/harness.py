@@ -44,7 +44,8 @@ def rotated_order(engines: Sequence[str], round_index: int) -> list[str]:
 
 @dataclass(frozen=True)
 class CpuSample:
-    """Cumulative jiffies of all CPUs: ``busy`` (user+nice+system+irq+softirq+steal) and ``total``."""
+    """Cumulative jiffies of all CPUs: ``busy`` (user+nice+system+irq+softirq+steal) and
+    ``total``."""
 
     busy: int
     total: int
@@ -120,7 +121,7 @@ def run_isolated(cmd: Sequence[str], timeout: float, env: dict | None = None
            + t_child1.children_system - t_child0.children_system)
     busy = busy_fraction(before, after, own) if before and after else 0.0
     if p.returncode != 0:
-        return None, busy, (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[-1]
+        return None, busy, (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
     lines = [ln for ln in p.stdout.strip().splitlines() if ln.strip()]
     try:
         return json.loads(lines[-1]), busy, ""

@@ -361,8 +361,9 @@ def main() -> None:
     ap.add_argument("--out", default=None,
                     help="output prefix (default: results/throughput, _cuda on a GPU)")
     ap.add_argument("--isolated", action="store_true",
-                    help="fair mode: each engine (path) in a process of its own, in --rounds rotated "
-                         "rounds (eval, fp32); writes <out>_rounds.csv and <out>_isolated.csv/.png")
+                    help="fair mode: each engine (path) in a process of its own, in --rounds "
+                         "rotated rounds (eval, fp32); writes <out>_rounds.csv and "
+                         "<out>_isolated.csv/.png")
     ap.add_argument("--rounds", type=int, default=5, help="rounds of --isolated")
     ap.add_argument("--busy-threshold", type=float, default=0.10,
                     help="flag a row busy when other processes used more than this CPU fraction")
@@ -458,9 +459,10 @@ def isolated_main(args: argparse.Namespace) -> None:
         here = os.path.abspath(__file__)
 
         def make_cmd(engine: str, model: str) -> list[str]:
-            cmd = [sys.executable, here, "--models", model, "--paths", engine, "--modes", "eval",
-                   "--batch", str(batch), "--threads", str(args.threads), "--size", str(args.size),
-                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
+            cmd = [sys.executable, here, "--models", model, "--paths", engine,
+                   "--modes", "eval", "--batch", str(batch), "--threads", str(args.threads),
+                   "--size", str(args.size), "--steps", str(args.steps),
+                   "--warmup", str(args.warmup), "--device", args.device,
                    "--out", os.path.join(tmp, f"{model}_{engine}"), "--child-json"]
             return cmd + (["--no-check"] if args.no_check else [])
 
@@ -479,7 +481,8 @@ def render_isolated(rows: list, out: str) -> list[dict]:
     summ = harness.summarize(rows)
     table = []
     for (model, engine), s in sorted(summ.items()):
-        spread = (s["max"] - s["min"]) / s["median"] if s["median"] == s["median"] and s["median"] else float("nan")
+        ok = s["median"] == s["median"] and s["median"]  # not NaN, not zero
+        spread = (s["max"] - s["min"]) / s["median"] if ok else float("nan")
         table.append({"model": model, "engine": engine, "median_img_s": s["median"],
                       "min": s["min"], "max": s["max"], "spread": spread, "n": s["n"],
                       "n_busy_dropped": s["n_busy"]})
@@ -507,8 +510,9 @@ def render_isolated(rows: list, out: str) -> list[dict]:
         w = 0.8 / max(1, len(engines))
         for i, e in enumerate(engines):
             med = [summ.get((m, e), {}).get("median", float("nan")) for m in models]
-            lo = [med[j] - summ.get((m, e), {}).get("min", float("nan")) for j, m in enumerate(models)]
-            hi = [summ.get((m, e), {}).get("max", float("nan")) - med[j] for j, m in enumerate(models)]
+            nan = float("nan")
+            lo = [med[j] - summ.get((m, e), {}).get("min", nan) for j, m in enumerate(models)]
+            hi = [summ.get((m, e), {}).get("max", nan) - med[j] for j, m in enumerate(models)]
             ax.bar([j + i * w for j in range(len(models))], med, w, yerr=[lo, hi], label=e)
         ax.set_xticks([j + w * (len(engines) - 1) / 2 for j in range(len(models))], models)
         ax.set_ylabel("img/s (median, min-max)")

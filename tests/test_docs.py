@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-BLOCK = re.compile(r"(?:<!-- not run in tests: (?P<why>[^>]*?) -->\s*\n)?```python\n(?P<code>.*?)```",
-                   flags=re.S)
+BLOCK = re.compile(
+    r"(?:<!-- not run in tests: (?P<why>[^>]*?) -->\s*\n)?```python\n(?P<code>.*?)```", flags=re.S
+)
 CASES = [(doc.name, i, m.group("code"), m.group("why"))
          for doc in sorted(DOCS.glob("*.md"))
          for i, m in enumerate(BLOCK.finditer(doc.read_text()))]

@@ -45,7 +45,9 @@ def test_same_weights_and_logits_as_create_model(torch_home, tmp_path):
         server.stop()
     assert server.requests == ["/w/vig_mini.pth"]  # the second one came from the cache
     assert type(via_timm) is type(ours)
-    for (k1, v1), (k2, v2) in zip(via_timm.state_dict().items(), ours.state_dict().items()):
+    for (k1, v1), (k2, v2) in zip(
+        via_timm.state_dict().items(), ours.state_dict().items(), strict=True
+    ):
         assert k1 == k2 and torch.equal(v1, v2), k1
     with torch.no_grad():
         expected = src.eval()(X28)
@@ -97,7 +99,7 @@ def test_take_indices_rules_are_timms(indices):
     assert kept == expected and len(model.stages) == last + 1
     with torch.no_grad():
         pruned = model.forward_intermediates(X28, kept, intermediates_only=True)
-    for a, b in zip(pruned, maps):
+    for a, b in zip(pruned, maps, strict=True):
         torch.testing.assert_close(a, b)
 
 

@@ -13,6 +13,7 @@ NAME = "eval"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``eval`` subcommand to the ``pyg-vig`` parser."""
     p = subparsers.add_parser(
         "eval",
         help="evaluate a trained, pretrained or exported model on a dataset split",
@@ -135,6 +136,7 @@ def _folder_files(root: Path, pred, class_map: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pyg-vig eval``; returns the exit status."""
     from torch.utils.data import DataLoader
 
     from pyg_vig.datasets import (

@@ -11,6 +11,7 @@ NAME = "export"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``export`` subcommand to the ``pyg-vig`` parser."""
     p = subparsers.add_parser(
         "export",
         help="export a model to ONNX or a torch.export program (.pt2)",
@@ -37,6 +38,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pyg-vig export``; returns the exit status."""
     import pyg_vig
     from pyg_vig.datasets import class_names
     from pyg_vig.datasets.preprocess import resolve_data_config

@@ -11,7 +11,10 @@ NAME = "graph"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("graph", help="draw the k-NN neighbours of centre nodes (paper Fig. 4)")
+    """Add the ``graph`` subcommand to the ``pyg-vig`` parser."""
+    p = subparsers.add_parser(
+        "graph", help="draw the k-NN neighbours of centre nodes (paper Fig. 4)"
+    )
     p.add_argument("checkpoint", help="run folder or model.safetensors")
     p.add_argument("image", help="an image file, or test:<index> for a test-split image")
     p.add_argument("--blocks", default="0,-1", help="Grapher blocks to draw (default: first, last)")
@@ -47,6 +50,7 @@ def _parse_centers(items: list[str] | None) -> list[tuple[float, float]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pyg-vig graph``; returns the exit status."""
     from torchvision.transforms import Normalize
 
     from pyg_vig.datasets import load_dataset

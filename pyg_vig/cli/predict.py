@@ -12,6 +12,7 @@ NAME = "predict"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``predict`` subcommand to the ``pyg-vig`` parser."""
     p = subparsers.add_parser(
         "predict",
         help="classify image files (top-k classes)",
@@ -39,6 +40,7 @@ def _looks_like_image(item: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pyg-vig predict``; returns the exit status."""
     from pyg_vig.inference import expand_images, load_predictor, predict_files
 
     inputs = list(args.inputs)

@@ -15,6 +15,7 @@ NAME = "train"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``train`` subcommand to the ``pyg-vig`` parser."""
     p = subparsers.add_parser("train", help="train a model into a run folder")
     _add_train_args(p)
     return p
@@ -66,6 +67,7 @@ def _new_run_dir(name: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pyg-vig train``; returns the exit status."""
     from pyg_vig.train import DEMO_CONFIG, TrainConfig, Trainer, cleanup_distributed
     from pyg_vig.train.distributed import init_distributed
 

@@ -74,7 +74,9 @@ def _official_reference(name):
         record = torch.load(_RECORDED, weights_only=True)
         if name in record["nn_idx"]:
             return record["logits"][name], record["nn_idx"][name]
-    pytest.skip(f"no official k-NN record for torch {_TORCH}: run tests/fixtures/official/regen_knn.py")
+    pytest.skip(
+        f"no official k-NN record for torch {_TORCH}: run tests/fixtures/official/regen_knn.py"
+    )
 
 
 def test_recorded_versions_agree_with_fixtures_where_no_tie():
