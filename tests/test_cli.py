@@ -211,7 +211,7 @@ def test_demo_also_scores_the_full_test_set(trained, capsys, tmp_path, monkeypat
              "32", "--no-progress", "--device", "cpu"]  # fmt: skip
     assert main(["train", "--demo", *flags, "-o", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[-3] == f"full_test_images=128 (Fashion-MNIST test set, {trained['data']})"
+    assert out[-3] == f"full_test_images=128 (test split of {trained['data']})"
     full = float(out[-2].removeprefix("full_test_accuracy="))
     assert out[-1].startswith("test_accuracy=")
     cfg = json.loads((tmp_path / "demo" / "config.json").read_text())
@@ -229,6 +229,18 @@ def test_demo_also_scores_the_full_test_set(trained, capsys, tmp_path, monkeypat
     out = capsys.readouterr().out.splitlines()
     assert "dataset-fashion-mnist" in out[-2] and out[-1].startswith("test_accuracy=")
     assert not any(line.startswith("full_test") for line in out)
+    # --full-test names the folder (what `make demo` passes after fetching Debian's package)
+    argv = ["train", "--demo", *flags, "-o", str(tmp_path / "demo3"), "--full-test",
+            str(trained["data"])]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-3] == f"full_test_images=128 (test split of {trained['data']})"
+    # a --full-test that is not there fails before training, with the path named
+    argv = ["train", "--demo", *flags, "-o", str(tmp_path / "demo4"), "--full-test",
+            str(tmp_path / "nowhere")]  # fmt: skip
+    assert main(argv) == 2
+    assert "--full-test" in (err := capsys.readouterr().err) and "nowhere" in err
+    assert not (tmp_path / "demo4").exists()
 
 
 def _class_folder(tmp_path, trained):

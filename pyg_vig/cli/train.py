@@ -22,6 +22,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from pyg_vig.datasets import FASHION_MNIST_SYSTEM_PATH
     from pyg_vig.train import TrainConfig
 
     p.add_argument(
@@ -29,7 +30,15 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="the `make demo` recipe: small pyramid ViG on the embedded Fashion-MNIST subset, "
         "~6 min on 2 CPU cores, also scored on the full test set when dataset-fashion-mnist is "
-        "installed; its settings replace the defaults below, explicit flags still win",
+        "installed (or --full-test names it); its settings replace the defaults below, explicit "
+        "flags still win",
+    )
+    p.add_argument(
+        "--full-test",
+        metavar="DATA",
+        help="after training, also score the final weights on DATA's test split (a dataset name "
+        "or path as --data takes, e.g. an IDX folder of the full Fashion-MNIST); default for "
+        f"--demo: {FASHION_MNIST_SYSTEM_PATH} when installed",
     )
     p.add_argument("--output", "-o", help="run folder (default: a new runs/<name>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
@@ -92,6 +101,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         base = dict(DEMO_CONFIG) if args.demo else {}
         cfg = TrainConfig.from_dict({**base, **given})
+    if args.full_test and not _dataset_exists(args.full_test):
+        raise UserError(
+            f"--full-test {args.full_test}: no such dataset (give a folder of IDX files, a .npz, "
+            "an image folder, or a dataset name such as fashion_mnist_subset)"
+        )
     try:
         info = init_distributed(cfg.device)
     except RuntimeError as e:  # e.g. --device cuda without CUDA
@@ -112,8 +126,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         trainer = Trainer(cfg, run_dir, resume=bool(args.resume))
         summary = trainer.fit()
-        if args.demo and _full_fashion_mnist_installed(trainer.cfg):
-            full = trainer.evaluate_dataset("fashion_mnist", "test")
+        if args.full_test:
+            full = trainer.evaluate_dataset(args.full_test, "test")
+        elif args.demo and _full_fashion_mnist_installed(trainer.cfg):
+            full = trainer.evaluate_dataset(_fashion_mnist_path(), "test")
     finally:
         cleanup_distributed()
     if info.is_main:
@@ -121,14 +137,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"weights: {run_dir / 'model.safetensors'} ({summary['weights']})")
         print(f"wall_time_s={summary['wall_time_s']}")
         if full is not None:
-            print(f"full_test_images={full['images']} (Fashion-MNIST test set, "
-                  f"{_fashion_mnist_path()})")
+            print(f"full_test_images={full['images']} (test split of {full['data']})")
             print(f"full_test_accuracy={full['accuracy']:.4f}")
         elif args.demo and cfg.data == "fashion_mnist_subset":
-            print("(apt-get install dataset-fashion-mnist to also score the full 10,000-image "
-                  "test set)")
+            print("(apt-get install dataset-fashion-mnist, or --full-test <IDX folder>, to also "
+                  "score the full 10,000-image test set)")
         print(f"test_accuracy={summary['test_accuracy']:.4f}")
     return 0
+
+
+def _dataset_exists(data: str) -> bool:
+    from pyg_vig.datasets import EMBEDDED, FASHION_MNIST_SYSTEM_PATH
+
+    if data == EMBEDDED:
+        return True
+    if data in ("fashion_mnist", "fashion-mnist"):
+        return Path(FASHION_MNIST_SYSTEM_PATH).is_dir()
+    return Path(data).expanduser().exists()
 
 
 def _fashion_mnist_path() -> str:
