@@ -305,7 +305,11 @@ class Trainer:
             raise ConfigError(f"cannot resume: {path} does not match {self.run_dir}/config.json")
         load_weights(self.model, state["model"], str(path))
         if self.ema is not None and state["ema"] is not None:
-            load_weights(self.ema, state["ema"], f"{path} (EMA)")
+            ema = dict(state["ema"])
+            # runs saved by earlier releases averaged with torch's AveragedModel, whose state holds
+            # its update count; timm's ModelEmaV3 takes the step from the loop (global_step)
+            ema.pop("n_averaged", None)
+            load_weights(self.ema, ema, f"{path} (EMA)")
         self.optimizer.load_state_dict(state["optimizer"])
         # the closed-form schedule needs only the step count (it may have been stretched)
         self.scheduler.step_update(state["global_step"])
