@@ -27,7 +27,7 @@ import numpy as np
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from pyg_vig.datasets.folder import IMAGE_EXTENSIONS, ImageFolder, load_image
+from pyg_vig.datasets.folder import IMAGE_EXTENSIONS, load_image
 from pyg_vig.datasets.idx import (
     IDXDataset,
     TensorImageDataset,
@@ -179,9 +179,21 @@ def load_dataset(
     root = path / split if (path / split).is_dir() else path
     if split == "test" and not (path / "test").is_dir() and (path / "val").is_dir():
         root = path / "val"
+    from pyg_vig.datasets.image_folder import ImageFolder
+
     return ImageFolder(
         root, image_size or 32, in_chans, transform, classes, crop_pct, interpolation
     )
+
+
+def __getattr__(name: str):
+    # ImageFolder is torchvision's: imported on first use, so that reading IDX / .npz data and
+    # preparing images for a model keep working without torchvision
+    if name == "ImageFolder":
+        from pyg_vig.datasets.image_folder import ImageFolder
+
+        return ImageFolder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_transform(

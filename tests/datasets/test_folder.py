@@ -59,3 +59,50 @@ def test_load_image(folder, tmp_path):
         load_image(folder / "train" / "dog" / "broken.png")
     with pytest.raises(FileNotFoundError, match="image not found"):
         load_image(tmp_path / "missing.png")
+
+
+def test_image_folder_is_torchvisions(folder):
+    """samples / targets / class_to_idx mean what torchvision's ImageFolder says, minus the
+    corrupt file, which torchvision would only hit mid-epoch."""
+    torchvision = pytest.importorskip("torchvision")
+    with pytest.warns(UserWarning, match="broken.png"):
+        ours = ImageFolder(folder / "train", image_size=8)
+    theirs = torchvision.datasets.ImageFolder(str(folder / "train"))
+    assert isinstance(ours, torchvision.datasets.ImageFolder)
+    assert ours.classes == theirs.classes and ours.class_to_idx == theirs.class_to_idx
+    assert ours.samples == [s for s in theirs.samples if not s[0].endswith("broken.png")]
+    assert ours.targets == [t for _, t in ours.samples] == ours.labels.tolist()
+    # given classes fix the label order (a test folder labelled like its training folder)
+    flipped = ImageFolder(folder / "test", 8, classes=["dog", "cat"])
+    assert flipped.class_to_idx == {"dog": 0, "cat": 1}
+    assert sorted(flipped.targets) == [0, 1, 1]
+
+
+def test_idx_and_npz_data_load_without_torchvision(tmp_path):
+    """Reading the embedded / IDX data needs no torchvision (only ImageFolder imports it)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'torchvision':\n"
+        "            raise ModuleNotFoundError('No module named torchvision (blocked)')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from pyg_vig.datasets import load_dataset\n"
+        "ds = load_dataset('fashion_mnist_subset', 'test')\n"
+        "print(len(ds), tuple(ds[0][0].shape))\n"
+        "import pyg_vig.datasets as d\n"
+        "try:\n"
+        "    d.ImageFolder\n"
+        "except ModuleNotFoundError as e:\n"
+        "    print('needs', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "5000 (1, 28, 28)"
+    assert lines[1].startswith("needs") and "torchvision" in lines[1]
