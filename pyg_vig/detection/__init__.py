@@ -4,7 +4,8 @@ torchvision's RetinaNet and Mask R-CNN on a ViG + FPN backbone, COCO-format data
 pycocotools, ``torchvision.transforms.v2`` pipelines, COCO evaluation, and a small COCO-format
 data set generated from the embedded Fashion-MNIST subset::
 
-    from pyg_vig.detection import CocoDetection, make_canvases, retinanet_pvig_fpn
+    from pyg_vig.detection import (CocoDetection, detection_transforms, make_canvases,
+                                   retinanet_pvig_fpn)
 
     paths = make_canvases("canvases", n_train=64, n_val=16)
     train = CocoDetection(*paths["train"], transforms=detection_transforms(train=True))
