@@ -25,7 +25,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from pyg_vig.detection.backbone import BATCH_NORM_MODES, ViGBackboneWithFPN, vig_fpn_backbone
 from pyg_vig.detection.canvases import make_canvases
-from pyg_vig.detection.data import CocoDetection, collate, detection_transforms
+from pyg_vig.detection.data import CocoDetection, collate, detection_transforms, load_coco
 from pyg_vig.detection.evaluate import (
     coco_from_targets,
     evaluate_coco,
@@ -42,6 +42,7 @@ __all__ = [
     "collate",
     "detection_transforms",
     "evaluate_coco",
+    "load_coco",
     "make_canvases",
     "maskrcnn_pvig_fpn",
     "retinanet_pvig_fpn",

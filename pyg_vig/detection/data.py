@@ -124,7 +124,9 @@ class CocoDetection(Dataset):
     An image that cannot be read (missing, not an image, size other than the file says) is
     skipped with a warning and recorded in :attr:`skipped` as ``(file, reason)``: with
     ``check_images`` (default) when the data set is built (the image headers are read), else
-    when the item is loaded, which then returns :obj:`None` (:func:`collate` drops it).
+    when the item is loaded, which then returns :obj:`None` (:func:`collate` drops it; with
+    ``DataLoader`` worker processes such a late skip is recorded in the worker's copy of the
+    data set, so only its warning reaches the main process).
 
     Args:
         img_dir (str or Path): folder that the images' ``file_name`` entries are relative to.
@@ -156,11 +158,16 @@ class CocoDetection(Dataset):
         self.skipped: list[tuple[str, str]] = []
         self.ids = sorted(self.coco.imgs)
         if check_images:
-            self.ids = [i for i in self.ids if self._header_ok(self.coco.imgs[i])]
+            readable = []
+            for i in self.ids:  # a loop, not a comprehension: the warnings' stacklevel
+                if self._header_ok(self.coco.imgs[i]):
+                    readable.append(i)
+            self.ids = readable
 
     def _skip(self, file_name: str, reason: str) -> None:
         self.skipped.append((file_name, reason))
-        warnings.warn(f"skipping image {self.img_dir / file_name}: {reason}", stacklevel=3)
+        # stacklevel 4: the user's line (via __init__ -> _header_ok or __getitem__ -> load_image)
+        warnings.warn(f"skipping image {self.img_dir / file_name}: {reason}", stacklevel=4)
 
     def _header_ok(self, info: dict) -> bool:
         path = self.img_dir / info["file_name"]
