@@ -45,6 +45,8 @@ __all__ = [
     "sync",
     "time_fn",
     "time_interleaved",
+    "relative_spread",
+    "time_until_stable",
     "peak_memory_mb",
     "model_step",
     "time_model",
@@ -161,6 +163,72 @@ def time_interleaved(
         }
         for name, ts in times.items()
     }
+
+
+def relative_spread(times: Sequence[float]) -> float:
+    """``(max - min) / median`` of ``times`` (0 for fewer than two, inf for a zero median)."""
+    if len(times) < 2:
+        return 0.0
+    med = statistics.median(times)
+    return (max(times) - min(times)) / med if med > 0 else float("inf")
+
+
+def time_until_stable(
+    fns: Mapping[str, Callable[[], Any]],
+    *,
+    window: int = 5,
+    max_spread: float = 0.10,
+    max_rounds: int = 30,
+    max_time: float = float("inf"),
+    warmup: int = 0,
+    device: torch.device | str = "cpu",
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, dict[str, float]]:
+    """Interleaved rounds (as :func:`time_interleaved`) until the timings settle.
+
+    After at least ``window`` rounds, stop as soon as, for every function, the
+    :func:`relative_spread` of its last ``window`` times is at most ``max_spread``; otherwise
+    stop after ``max_rounds`` rounds or ``max_time`` seconds of timed calls (at least one
+    round). The median and minimum are taken over that last window, so that a slow start
+    (caches, frequency) does not count. Each result also holds ``spread`` (of the window),
+    ``stable`` (1.0 when the spread criterion stopped the loop, else 0.0) and ``runs``.
+    ``clock`` is injectable so that the stopping rule can be tested without timing anything.
+    """
+    if window < 2:
+        raise ValueError(f"window must be at least 2 timings to have a spread, got {window}")
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    total, stable = 0.0, False
+    while times:
+        for name, fn in fns.items():
+            t0 = clock()
+            fn()
+            sync(device)
+            dt = clock() - t0
+            times[name].append(dt)
+            total += dt
+        rounds = len(next(iter(times.values())))
+        if rounds >= window and all(
+            relative_spread(ts[-window:]) <= max_spread for ts in times.values()
+        ):
+            stable = True
+            break
+        if rounds >= max_rounds or total >= max_time:
+            break
+    out = {}
+    for name, ts in times.items():
+        last = ts[-window:]
+        out[name] = {
+            "median_ms": 1e3 * statistics.median(last),
+            "min_ms": 1e3 * min(last),
+            "runs": float(len(ts)),
+            "spread": relative_spread(last),
+            "stable": float(stable),
+        }
+    return out
 
 
 # --------------------------------------------------------------------------- memory

@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
+from torch.nn.parameter import UninitializedParameter
 
 __all__ = ["LinearBN", "MultiHeadLinear", "MultiHeadUpdate", "get_act", "ACTIVATIONS",
            "folded_linear_params", "grouped_linear", "can_fold"]
@@ -97,7 +98,8 @@ class MultiHeadLinear(nn.Module):
     with ``groups=heads`` acting on node features ``[..., in_channels]``.
 
     Args:
-        in_channels (int): input channels, divisible by ``heads``.
+        in_channels (int): input channels, divisible by ``heads``; ``-1`` infers them from the
+            first input (lazy initialisation, as :class:`torch_geometric.nn.Linear`).
         out_channels (int): output channels, divisible by ``heads``.
         heads (int, optional): number of heads. (default: :obj:`4`)
         bias (bool, optional): add a learnable bias. (default: :obj:`True`)
@@ -106,25 +108,67 @@ class MultiHeadLinear(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, heads: int = 4, bias: bool = True,
                  device=None, dtype=None):
         super().__init__()
-        if in_channels % heads or out_channels % heads:
+        if out_channels % heads or (in_channels > 0 and in_channels % heads):
             raise ValueError(
                 f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible "
                 f"by heads ({heads})"
             )
         dd = {"device": device, "dtype": dtype}
         self.in_channels, self.out_channels, self.heads = in_channels, out_channels, heads
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // heads, **dd))
+        if in_channels > 0:
+            self.weight = nn.Parameter(torch.empty(out_channels, in_channels // heads, **dd))
+        else:  # materialised by the first forward (or a loaded state dict)
+            self.weight = UninitializedParameter(**dd)
         self.bias = nn.Parameter(torch.empty(out_channels, **dd)) if bias else None
         self.reset_parameters()
 
+    @property
+    def is_lazy(self) -> bool:
+        """Whether the weight still waits for its input channels."""
+        return isinstance(self.weight, UninitializedParameter)
+
     def reset_parameters(self) -> None:
         # The official code initialises every conv with kaiming_normal_ (fan_in) and zero bias.
-        nn.init.normal_(self.weight, std=math.sqrt(2.0 / self.weight.size(1)))
+        if not self.is_lazy:
+            nn.init.normal_(self.weight, std=math.sqrt(2.0 / self.weight.size(1)))
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
+    @torch.no_grad()
+    def materialize(self, in_channels: int) -> None:
+        """Give a lazy layer its input channels (and initialise its weight); on a layer that has
+        them, check that ``in_channels`` agrees.
+        """
+        if not self.is_lazy:
+            if in_channels != self.in_channels:
+                raise ValueError(f"{type(self).__name__} expects {self.in_channels} input "
+                                 f"channels, got {in_channels}")
+            return
+        if in_channels % self.heads:
+            raise ValueError(f"in_channels ({in_channels}) must be divisible by heads "
+                             f"({self.heads})")
+        self.in_channels = in_channels
+        self.weight.materialize((self.out_channels, in_channels // self.heads))
+        nn.init.normal_(self.weight, std=math.sqrt(2.0 / self.weight.size(1)))
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.is_lazy or x.size(-1) != self.in_channels:
+            self.materialize(x.size(-1))  # sizes a lazy layer; else a clear error
         return grouped_linear(x, self.weight, self.bias, self.heads)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if self.is_lazy:  # an uninitialised weight cannot be detached; save it as it is
+            destination[prefix + "weight"] = self.weight
+            if self.bias is not None:
+                destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
+            return
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        weight = state_dict.get(prefix + "weight")
+        if self.is_lazy and weight is not None and not isinstance(weight, UninitializedParameter):
+            self.materialize(weight.size(1) * self.heads)  # the saved shape gives the channels
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, heads={self.heads}, "
@@ -132,7 +176,8 @@ class MultiHeadLinear(nn.Module):
 
 
 class MultiHeadUpdate(nn.Sequential):
-    """Multi-head linear → BatchNorm → activation: the update MLP of every ViG graph conv.
+    """Multi-head linear → BatchNorm → activation: the update MLP of every ViG graph conv
+    (``in_channels=-1``: lazy, see :class:`MultiHeadLinear`).
 
     Sub-module indices (``0`` linear, ``1`` norm, ``2`` activation) mirror the official
     ``BasicConv`` so that checkpoint keys map one to one.
@@ -147,9 +192,16 @@ class MultiHeadUpdate(nn.Sequential):
             layers.append(nn.BatchNorm1d(out_channels, **dd))
         layers.append(get_act(act))
         super().__init__(*layers)
-        self.in_channels, self.out_channels = in_channels, out_channels
+        self.out_channels = out_channels
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels (``-1`` until a lazy update has seen its first input)."""
+        return self[0].in_channels
 
     def forward(self, x: Tensor) -> Tensor:
+        if self[0].is_lazy or x.size(-1) != self[0].in_channels:
+            self[0].materialize(x.size(-1))  # sizes a lazy update; else a clear error
         if can_fold(self):
             lin = self[0]
             w, b = folded_linear_params(lin.weight, lin.bias, self[1])

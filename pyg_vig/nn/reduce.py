@@ -21,18 +21,38 @@ def to_target_sorted(adj: object, num_targets: int | None = None) -> EdgeIndex:
     """A sparse adjacency (``torch.sparse`` or ``torch_sparse.SparseTensor``, given transposed
     as PyG's ``adj_t``: rows are targets) or an :class:`~torch_geometric.EdgeIndex` → a
     target-sorted :class:`~torch_geometric.EdgeIndex` ``[2, E]`` (row 0 sources).
+
+    ``num_targets`` (the rows of ``x_dst``) sizes the result: targets after the last one with
+    an edge get an empty neighbourhood, as in PyG's generic path, instead of the graph being cut
+    at its largest target index (what an :class:`~torch_geometric.EdgeIndex` without
+    ``sparse_size`` infers, and what PyG's ``propagate`` caches on it before a fused call).
     """
     if isinstance(adj, EdgeIndex):
-        return adj if adj.is_sorted_by_col else adj.sort_by("col")[0]
-    if isinstance(adj, Tensor) and adj.is_sparse or (
-            isinstance(adj, Tensor) and adj.layout in (torch.sparse_csr, torch.sparse_csc)):
-        coo = adj.to_sparse_coo().coalesce()  # rows sorted: targets
-        tgt, src = coo.indices()
-        size = (adj.size(1), adj.size(0))
-    else:  # torch_sparse.SparseTensor
-        tgt, src, _ = adj.coo()
-        size = (adj.size(1), adj.size(0))
-    return EdgeIndex(torch.stack([src, tgt], dim=0), sparse_size=size, sort_order="col")
+        out = adj if adj.is_sorted_by_col else adj.sort_by("col")[0]
+    else:
+        if isinstance(adj, Tensor) and adj.is_sparse or (
+                isinstance(adj, Tensor) and adj.layout in (torch.sparse_csr, torch.sparse_csc)):
+            coo = adj.to_sparse_coo().coalesce()  # rows sorted: targets
+            tgt, src = coo.indices()
+        else:  # torch_sparse.SparseTensor
+            tgt, src, _ = adj.coo()
+        out = EdgeIndex(torch.stack([src, tgt], dim=0), sparse_size=(adj.size(1), adj.size(0)),
+                        sort_order="col")
+    if num_targets is None:
+        return out
+    # the attribute, not sparse_size(): dynamo traces a subclass' metadata, not its methods
+    have = out._sparse_size[1]
+    if have == num_targets:
+        return out
+    if (have is None or have > num_targets) and out.size(1) > 0:
+        # unsized (PyG infers the size from the largest index, a host sync, as here)
+        last = int(out.as_tensor()[1, -1])  # sorted by target: the largest one
+        if last >= num_targets:
+            raise ValueError(f"the graph has edges into target {last}, but x_dst has only "
+                             f"{num_targets} rows")
+    # Same edges, sized by x_dst (the column pointer is rebuilt for that size).
+    return EdgeIndex(out.as_tensor(), sparse_size=(out._sparse_size[0], num_targets),
+                     sort_order="col")
 
 
 _REDUCE_DIM = {

@@ -11,9 +11,11 @@ from torch_geometric.typing import Adj, PairTensor
 
 from pyg_vig.nn.conv._utils import (
     as_pair,
+    check_inputs,
     for_propagate,
     reduce_messages,
-    to_target_sorted,
+    shared_channels,
+    sorted_for,
     update_repr,
 )
 from pyg_vig.nn.edge_index import regular_degree
@@ -31,7 +33,10 @@ class EdgeConv(MessagePassing):
         \right)\right)
 
     Args:
-        in_channels (int): size of each input sample.
+        in_channels (int or tuple): size of each input sample, or :obj:`-1` to derive it from
+            the first input (lazy initialisation). A tuple gives the sizes of source and target
+            features, which must agree (:math:`x_j - x_i`), e.g. :obj:`(-1, -1)` for
+            :func:`~torch_geometric.nn.to_hetero`.
         out_channels (int): size of each output sample.
         heads (int, optional): heads of the multi-head update. (default: :obj:`4`)
         bias (bool, optional): learn a bias in the update. (default: :obj:`True`)
@@ -49,8 +54,9 @@ class EdgeConv(MessagePassing):
 
     SUPPORTS_FUSED_EDGE_INDEX = True
 
-    def __init__(self, in_channels: int, out_channels: int, heads: int = 4, bias: bool = True,
-                 norm: bool = True, act: str | Callable | None = "gelu", **kwargs):
+    def __init__(self, in_channels: int | tuple[int, int], out_channels: int, heads: int = 4,
+                 bias: bool = True, norm: bool = True, act: str | Callable | None = "gelu",
+                 **kwargs):
         kwargs.setdefault("aggr", "max")
         super().__init__(**kwargs)
         if self.decomposed_layers != 1:
@@ -60,7 +66,9 @@ class EdgeConv(MessagePassing):
                 "decomposition needs messages that act channel by channel); use the default 1"
             )
         self.in_channels, self.out_channels, self.heads = in_channels, out_channels, heads
-        self.nn = MultiHeadUpdate(2 * in_channels, out_channels, heads, bias, norm, act)
+        channels = shared_channels(self, in_channels)  # -1: lazy
+        self.nn = MultiHeadUpdate(2 * channels if channels > 0 else -1, out_channels, heads,
+                                  bias, norm, act)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -68,6 +76,11 @@ class EdgeConv(MessagePassing):
         self.nn.reset_parameters()
 
     def forward(self, x: Tensor | PairTensor, edge_index: Adj) -> Tensor:
+        x_src, x_dst = as_pair(x)
+        check_inputs(self, x_src, x_dst)
+        lin = self.nn[0]
+        if lin.is_lazy or lin.in_channels != 2 * x_dst.size(-1):
+            lin.materialize(2 * x_dst.size(-1))  # the fused path reads the weight directly
         # propagate_type: (x: PairTensor)
         return self.propagate(for_propagate(self, edge_index, x), x=as_pair(x))
 
@@ -78,7 +91,7 @@ class EdgeConv(MessagePassing):
         second half only :math:`x_j - x_i`, and :math:`W(x_j - x_i) = Wx_j - Wx_i`. So both
         halves are computed once per node and combined per edge, ``k`` times fewer multiply-adds.
         """
-        edge_index = to_target_sorted(edge_index)
+        edge_index = sorted_for(edge_index, x)
         x_src, x_dst = x
         src, dst = edge_index.as_tensor()
         lin = self.nn[0]

@@ -12,12 +12,14 @@ from torch_geometric.typing import Adj, PairTensor
 from pyg_vig.nn.conv._utils import (
     aggr_channels,
     as_pair,
+    check_inputs,
     for_propagate,
     fused_reduce,
     interleave,
     relative_to_target,
+    shared_channels,
     single_or_pair,
-    to_target_sorted,
+    sorted_for,
     update_repr,
 )
 from pyg_vig.nn.linear import MultiHeadUpdate
@@ -48,7 +50,10 @@ class MRConv(MessagePassing):
     PyG's generic path.
 
     Args:
-        in_channels (int): size of each input sample.
+        in_channels (int or tuple): size of each input sample, or :obj:`-1` to derive it from
+            the first input (lazy initialisation). A tuple gives the sizes of source and target
+            features, which must agree (:math:`x_j - x_i`), e.g. :obj:`(-1, -1)` for
+            :func:`~torch_geometric.nn.to_hetero`.
         out_channels (int): size of each output sample.
         heads (int, optional): heads of the multi-head update. (default: :obj:`4`)
         bias (bool, optional): learn a bias in the update. (default: :obj:`True`)
@@ -66,14 +71,15 @@ class MRConv(MessagePassing):
 
     SUPPORTS_FUSED_EDGE_INDEX = True
 
-    def __init__(self, in_channels: int, out_channels: int, heads: int = 4, bias: bool = True,
-                 norm: bool = True, act: str | Callable | None = "gelu", **kwargs):
+    def __init__(self, in_channels: int | tuple[int, int], out_channels: int, heads: int = 4,
+                 bias: bool = True, norm: bool = True, act: str | Callable | None = "gelu",
+                 **kwargs):
         kwargs.setdefault("aggr", "max")
         super().__init__(**kwargs)
         self.in_channels, self.out_channels, self.heads = in_channels, out_channels, heads
-        self.aggr_channels = aggr_channels(self, in_channels)
-        self.nn = MultiHeadUpdate(in_channels + self.aggr_channels, out_channels, heads, bias,
-                                  norm, act)
+        channels = shared_channels(self, in_channels)  # -1: lazy
+        update_in = channels + aggr_channels(self, channels) if channels > 0 else -1
+        self.nn = MultiHeadUpdate(update_in, out_channels, heads, bias, norm, act)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -82,9 +88,10 @@ class MRConv(MessagePassing):
 
     def forward(self, x: Tensor | PairTensor, edge_index: Adj) -> Tensor:
         x = as_pair(x)
+        check_inputs(self, *x)
         # propagate_type: (x: PairTensor)
         m = self.propagate(for_propagate(self, edge_index, x), x=single_or_pair(x))
-        if self.aggr_channels == self.in_channels:
+        if m.size(-1) == x[1].size(-1):  # one aggregation (a list concatenates several)
             return self.nn(interleave(x[1], m))  # x_0, m_0, x_1, m_1, ... as the official code
         return self.nn(torch.cat([x[1], m], dim=-1))
 
@@ -92,7 +99,7 @@ class MRConv(MessagePassing):
         return x_j - x_i
 
     def message_and_aggregate(self, edge_index: Adj, x: Tensor | PairTensor) -> Tensor:
-        edge_index = to_target_sorted(edge_index)
+        edge_index = sorted_for(edge_index, x)
         x_src, x_dst = as_pair(x)
         agg = fused_reduce(self, x_src, edge_index)  # aggr_j x_j
         return relative_to_target(self, agg, x_dst, edge_index)

@@ -12,10 +12,12 @@ from torch_geometric.typing import Adj, PairTensor
 from pyg_vig.nn.conv._utils import (
     aggr_channels,
     as_pair,
+    channel_pair,
+    check_inputs,
     for_propagate,
     fused_reduce,
     reduce_messages,
-    to_target_sorted,
+    sorted_for,
     update_repr,
 )
 from pyg_vig.nn.linear import MultiHeadUpdate
@@ -32,7 +34,12 @@ class SAGEConv(MessagePassing):
         \left[ \mathbf{x}_i, \mathbf{m}_i \right]\right)\right)
 
     Args:
-        in_channels (int): size of each input sample.
+        in_channels (int or tuple): size of each input sample, or :obj:`-1` to derive it from
+            the first input (lazy initialisation). A tuple gives the sizes of source and target
+            features, which may differ (as in PyG's :class:`~torch_geometric.nn.conv.SAGEConv`),
+            e.g. :obj:`(-1, -1)` for :func:`~torch_geometric.nn.to_hetero`. With lazy source
+            channels, :attr:`nn1` (whose width is that of the sources) is built by the first
+            forward call, or by loading a state dict.
         out_channels (int): size of each output sample.
         heads (int, optional): heads of the multi-head updates. (default: :obj:`4`)
         bias (bool, optional): learn biases in the updates. (default: :obj:`True`)
@@ -50,8 +57,9 @@ class SAGEConv(MessagePassing):
 
     SUPPORTS_FUSED_EDGE_INDEX = True
 
-    def __init__(self, in_channels: int, out_channels: int, heads: int = 4, bias: bool = True,
-                 norm: bool = True, act: str | Callable | None = "gelu", **kwargs):
+    def __init__(self, in_channels: int | tuple[int, int], out_channels: int, heads: int = 4,
+                 bias: bool = True, norm: bool = True, act: str | Callable | None = "gelu",
+                 **kwargs):
         kwargs.setdefault("aggr", "max")
         super().__init__(**kwargs)
         if self.decomposed_layers != 1:
@@ -61,18 +69,38 @@ class SAGEConv(MessagePassing):
                 "decomposition needs messages that act channel by channel); use the default 1"
             )
         self.in_channels, self.out_channels, self.heads = in_channels, out_channels, heads
-        self.nn1 = MultiHeadUpdate(in_channels, in_channels, heads, bias, norm, act)
-        self.nn2 = MultiHeadUpdate(in_channels + aggr_channels(self, in_channels), out_channels,
-                                   heads, bias, norm, act)
+        self._update_args = (heads, bias, norm, act)
+        src, dst = channel_pair(in_channels)
+        # nn1 maps sources to their own width; with lazy sources it waits for the first input.
+        # (registered even while None, so the module order, and state dict order, never change)
+        self.register_module("nn1", MultiHeadUpdate(src, src, heads, bias, norm, act)
+                             if src > 0 else None)
+        nn2_in = dst + aggr_channels(self, src) if src > 0 and dst > 0 else -1
+        self.nn2 = MultiHeadUpdate(nn2_in, out_channels, heads, bias, norm, act)
+        self._register_load_state_dict_pre_hook(self._build_nn1_for_state)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        self.nn1.reset_parameters()
+        if self.nn1 is not None:
+            self.nn1.reset_parameters()
         self.nn2.reset_parameters()
+
+    def _build_nn1(self, channels: int) -> None:
+        ref = self.nn2[0].bias if self.nn2[0].bias is not None else self.nn2[0].weight
+        self.nn1 = MultiHeadUpdate(channels, channels, *self._update_args, device=ref.device,
+                                   dtype=ref.dtype).train(self.training)
+
+    def _build_nn1_for_state(self, state_dict, prefix, *args) -> None:
+        weight = state_dict.get(prefix + "nn1.0.weight")
+        if self.nn1 is None and weight is not None:
+            self._build_nn1(weight.size(0))
 
     def forward(self, x: Tensor | PairTensor, edge_index: Adj) -> Tensor:
         x = as_pair(x)
+        check_inputs(self, *x, same_channels=False)
+        if self.nn1 is None:
+            self._build_nn1(x[0].size(-1))
         # propagate_type: (x: PairTensor)
         m = self.propagate(for_propagate(self, edge_index, x), x=x)
         return self.nn2(torch.cat([x[1], m], dim=-1))
@@ -81,7 +109,7 @@ class SAGEConv(MessagePassing):
         return self.nn1(x_j)
 
     def message_and_aggregate(self, edge_index: Adj, x: PairTensor) -> Tensor:
-        edge_index = to_target_sorted(edge_index)
+        edge_index = sorted_for(edge_index, x)
         if self.training:
             # Per edge, so that BatchNorm statistics are taken over edges (official, generic).
             x_j = x[0].index_select(0, edge_index.as_tensor()[0])
