@@ -79,7 +79,9 @@ def test_invalid_arguments():
 def test_geometric_equals_official_at_r1(h, w, dim):
     official = relative_position_bias(h, w, dim)
     geometric = relative_position_bias(h, w, dim, mode="geometric")
-    torch.testing.assert_close(geometric, official, rtol=0, atol=1e-6)
+    # two float32 sums of `dim` products in a different order: a few ulps of 1 apart (the torch
+    # 2.14 build differs by up to 1.9e-6 at dim=384, about sqrt(dim) float32 roundings)
+    torch.testing.assert_close(geometric, official, rtol=0, atol=1e-5)
     diag = official.diagonal()
     assert torch.equal(diag, torch.full_like(diag, -1.0))
     assert official.max() <= 1 and official.min() >= -1
