@@ -4,7 +4,8 @@ Paper: `"Vision GNN: An Image is Worth Graph of Nodes" <https://arxiv.org/abs/22
 (Han et al., NeurIPS 2022). Original code: https://github.com/huawei-noah/Efficient-AI-Backbones
 (``vig_pytorch/pyramid_vig.py``). Modifications by the pyg_vig developers: node-major
 representation with PyG message passing, any input resolution (position embedding resampled,
-relative bias rebuilt for the actual grid), mixed-resolution batches, feature-pyramid outputs.
+relative bias resampled from the training grid, as the official resize path), mixed-resolution
+batches, feature-pyramid outputs.
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ class PyramidViG(ViGBase):
                     embed_dims[s], drop_path=dpr[j], act=act, k=k, dilation=d, conv=conv,
                     heads=heads, norm=norm, bias=bias, reduction=self.reductions[s],
                     relative_pos=relative_pos, stochastic=stochastic, epsilon=epsilon,
-                    backend=backend, fused=fused))
+                    backend=backend, fused=fused,
+                    relative_pos_grid=(grid0 // 2**s, grid0 // 2**s)))
                 j += 1
             stages.append(PyramidStage(ds, blocks))
             self.feature_info.append(dict(num_chs=embed_dims[s], reduction=stem_stride * 2**s,

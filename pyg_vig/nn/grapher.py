@@ -38,8 +38,8 @@ def _real_tensors():
     return stack
 
 
-def _table(mode: str, h: int, w: int, channels: int, reduction: int, device, dtype
-           ) -> Tensor | LowRankBias:
+def _table(mode: str, h: int, w: int, channels: int, reduction: int, device, dtype,
+           native: tuple[int, int] | None = None) -> Tensor | LowRankBias:
     from pyg_vig.nn import pos_embed
 
     if mode == "geometric":
@@ -48,6 +48,9 @@ def _table(mode: str, h: int, w: int, channels: int, reduction: int, device, dty
         q, kf = pos_embed.cached_relative_position_factors(h, w, channels, reduction,
                                                            device=device, dtype=dtype)
         return LowRankBias(q, kf)
+    if native is not None:
+        return pos_embed.cached_resampled_official_bias(*native, h, w, channels, reduction,
+                                                        device=device, dtype=dtype)
     return pos_embed.cached_relative_position_bias(h, w, channels, reduction, mode,
                                                    device=device, dtype=dtype)
 
@@ -62,8 +65,9 @@ def _constant_getter(owner: int) -> Callable:
     """
     getter = _GETTERS.get(owner)
     if getter is None:
-        def getter(mode, h, w, channels, reduction, device, dtype):
-            table = _table(mode, h, w, channels, reduction, torch.device(device), dtype)
+        def getter(mode, h, w, channels, reduction, device, dtype, native_h=None, native_w=None):
+            native = None if native_h is None else (native_h, native_w)
+            table = _table(mode, h, w, channels, reduction, torch.device(device), dtype, native)
             return table.dense() if isinstance(table, LowRankBias) else table
 
         name = f"_relative_position_table_{owner}"
@@ -108,6 +112,11 @@ class Grapher(nn.Module):
             (default: :obj:`1`)
         relative_pos (str, optional): ``None``, ``"official"`` (the official table, bit for
             bit) or ``"geometric"`` (pooled keys at their true positions). (default: :obj:`None`)
+        relative_pos_grid ((int, int), optional): with ``"official"``, the query grid the table
+            was made for (the model's training resolution): on any other grid that table is
+            resampled bicubically to the new size, as the official Grapher's resize path does
+            (cheap at detection sizes). :obj:`None` builds the table for the actual grid
+            instead (an ``N x N`` Gram matrix per new size). (default: :obj:`None`)
         stochastic (bool, optional): random-subset dilation in training. (default: :obj:`False`)
         epsilon (float, optional): its probability. (default: :obj:`0.2`)
         drop_path (float, optional): stochastic depth rate. (default: :obj:`0.`)
@@ -130,7 +139,7 @@ class Grapher(nn.Module):
                  reduction: int = 1, relative_pos: str | None = None, stochastic: bool = False,
                  epsilon: float = 0.2, drop_path: float = 0.0, backend: str = "auto",
                  fused: bool = True, graph_transform: Callable[[Tensor], Tensor] | None = None,
-                 device=None, dtype=None):
+                 relative_pos_grid: tuple[int, int] | None = None, device=None, dtype=None):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         if relative_pos is not None and relative_pos not in RELATIVE_POS_MODES:
@@ -140,6 +149,9 @@ class Grapher(nn.Module):
         resolve_backend(backend)
         self.channels, self.k, self.dilation = channels, int(k), int(dilation)
         self.reduction, self.relative_pos = int(reduction), relative_pos
+        if relative_pos_grid is not None:
+            relative_pos_grid = (int(relative_pos_grid[0]), int(relative_pos_grid[1]))
+        self.relative_pos_grid = relative_pos_grid if relative_pos == "official" else None
         self.stochastic, self.epsilon, self.backend = stochastic, float(epsilon), backend
         self.fused = bool(fused)
         if graph_transform is not None and not callable(graph_transform):
@@ -159,6 +171,8 @@ class Grapher(nn.Module):
             self.graph_conv = conv(channels, 2 * channels)
         self.fc2 = _linear_bn(2 * channels, channels, dd)
         self.drop_path = DropPath(drop_path)
+
+    relative_pos_grid: tuple[int, int] | None = None  # default of Graphers pickled before it
 
     # ------------------------------------------------------------------ relative bias
     def relative_bias(self, size: tuple[int, int], device: torch.device, dtype: torch.dtype
@@ -181,12 +195,13 @@ class Grapher(nn.Module):
             getter = _GETTERS.get(id(self))
             if getter is not None:  # always, unless the Grapher was unpickled
                 return getter(self.relative_pos, *size, self.channels, self.reduction,
-                              str(device), dtype)
+                              str(device), dtype, *(self.relative_pos_grid or (None, None)))
         return self._build_bias(size, device, dtype)
 
     def _build_bias(self, size: tuple[int, int], device: torch.device, dtype: torch.dtype
                     ) -> Tensor | LowRankBias:
-        return _table(self.relative_pos, *size, self.channels, self.reduction, device, dtype)
+        return _table(self.relative_pos, *size, self.channels, self.reduction, device, dtype,
+                      self.relative_pos_grid)
 
     # ------------------------------------------------------------------ forward
     def keys(self, x: Tensor, layout: GridLayout | None) -> tuple[Tensor | None, GridLayout | None]:

@@ -392,6 +392,33 @@ def cached_relative_position_bias(grid_h: int, grid_w: int, dim: int, r: int = 1
     return relative_position_cache.get(key, build)
 
 
+def cached_resampled_official_bias(native_h: int, native_w: int, grid_h: int, grid_w: int,
+                                   dim: int, r: int = 1, *, device=None,
+                                   dtype: torch.dtype = torch.float32) -> Tensor:
+    """The official table of a ``native_h x native_w`` grid resampled to a ``grid_h x grid_w``
+    one, as the official Grapher does when its input grid differs from the one it was built for:
+    ``F.interpolate(table[None, None], size=(N, M), mode="bicubic", align_corners=False)``, with
+    ``N = grid_h * grid_w`` and ``M = (grid_h // r) * (grid_w // r)`` key cells (the official
+    ``N // r**2`` where the grid divides). Cheap at any size (no ``N x N`` Gram matrix) and, at the
+    native grid, the native table itself. From :data:`relative_position_cache` (read it, never
+    modify it).
+    """
+    native = cached_relative_position_bias(native_h, native_w, dim, r, "official",
+                                           device=device, dtype=dtype)
+    _check_grid(int(grid_h), int(grid_w), int(r))
+    size = (int(grid_h) * int(grid_w), (int(grid_h) // int(r)) * (int(grid_w) // int(r)))
+    if tuple(native.shape) == size:  # the official code keeps its table whenever H * W == n
+        return native
+    key = ("official-resampled", int(native_h), int(native_w)) + table_key(
+        "official", grid_h, grid_w, dim, r, device, dtype)[1:]
+
+    def build():
+        return F.interpolate(native[None, None], size=size, mode="bicubic",
+                             align_corners=False)[0, 0]
+
+    return relative_position_cache.get(key, build)
+
+
 def cached_relative_position_factors(grid_h: int, grid_w: int, dim: int, r: int = 1, *,
                                      device=None, dtype: torch.dtype = torch.float32
                                      ) -> tuple[Tensor, Tensor]:

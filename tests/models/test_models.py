@@ -348,8 +348,9 @@ def test_mixed_resolution_batch(name, sizes):
         assert f.shape == (model.num_features, math.ceil(h / stride), math.ceil(w / stride))
 
 
-def _graphs_alone(model, images):
-    """Per image, every block's edges of the batched pass, shifted to the image's own ids."""
+def _graphs_alone(model, images, counts=None):
+    """Per image, whether every block's edges of the batched pass, shifted to the image's own
+    ids, equal its single-image pass; ``counts`` (a list) receives (differing, total) edges."""
     with torch.no_grad():
         batched = model.forward_graph(images)
         alone = [model.forward_graph(img.unsqueeze(0)) for img in images]
@@ -360,7 +361,12 @@ def _graphs_alone(model, images):
             n_dst = sum(h * w for h, w in batched.edge_grids[b][:i])
             rows = (eb[1] >= n_dst) & (eb[1] < n_dst + (ea[1].max() + 1))
             src0 = int(eb[0, rows].min()) - int(ea[0].min()) if rows.any() else 0
-            ok &= torch.equal(eb[0, rows] - src0, ea[0]) and torch.equal(eb[1, rows] - n_dst, ea[1])
+            equal = (torch.equal(eb[1, rows] - n_dst, ea[1])
+                     and (eb[0, rows] - src0).shape == ea[0].shape)
+            ok &= equal and torch.equal(eb[0, rows] - src0, ea[0])
+            if counts is not None:
+                differ = int((eb[0, rows] - src0 != ea[0]).sum()) if equal else ea.size(1)
+                counts.append((differ, ea.size(1)))
         same.append(ok)
     return same
 
@@ -368,15 +374,19 @@ def _graphs_alone(model, images):
 @pytest.mark.parametrize("name, sizes", MIXED)
 def test_mixed_resolution_batch_float32(name, sizes):
     # float32 GEMMs of another shape round differently; a k-NN candidate within an ulp or two
-    # of the k-th neighbour may then flip in a deep block. Images whose graphs agree in every
-    # block must agree to round-off, and flips must stay rare.
+    # of the k-th neighbour may then flip, and in a deep block one flip changes later graphs
+    # too (for pvig_ti about half the random images have at least one flipped edge). Images
+    # whose graphs agree in every block must agree to round-off, and flipped edges stay rare.
+    torch.manual_seed(0)
     model = _fanin_init(create_model(name, num_classes=10)).eval()
     images = [torch.randn(model.in_chans, h, w) for h, w in sizes]
     with torch.no_grad():
         out = model(images)
         alone = torch.cat([model(img.unsqueeze(0)) for img in images])
-    same = _graphs_alone(model, images)
-    assert sum(same) >= len(images) - 1
+    counts: list[tuple[int, int]] = []
+    same = _graphs_alone(model, images, counts)
+    differ, total = map(sum, zip(*counts, strict=True))
+    assert differ <= 0.05 * total, f"{differ} of {total} edges differ"  # 0-2.2% over seeds 0-5
     scale = max(1.0, alone.abs().max().item())  # round-off grows with the largest logit
     for i, ok in enumerate(same):
         if ok:
