@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -168,14 +167,16 @@ def _demo_data(cache_dir: str | None, size: str, info) -> dict[str, str]:
     canvas = DEMO_CONFIGS[size]["canvas"]
     root = Path(cache_dir or Path.home() / ".cache" / "pyg_vig" / "detect_canvases")
     root = root / f"{canvas['n_train']}-{canvas['n_val']}-{canvas['canvas_size']}px-seed0"
-    if info.is_main:
+    # make_canvases' layout; its json files are written last, so their presence means done
+    paths = {s: (root / s, root / f"instances_{s}.json") for s in ("train", "val")}
+    if info.is_main and not all(ann.is_file() for _, ann in paths.values()):
+        print(f"writing {canvas['n_train']} + {canvas['n_val']} demo canvases to {root}",
+              flush=True)
         paths = make_canvases(root, seed=0, **canvas)
-    if info.distributed:
+    if info.distributed:  # the other ranks wait for rank 0's files
         import torch.distributed as dist
 
         dist.barrier()
-        if not info.is_main:
-            paths = make_canvases(root, seed=0, **canvas)  # finds rank 0's files
     (train_dir, train_ann), (val_dir, val_ann) = paths["train"], paths["val"]
     return dict(data_dir=str(train_dir), train_ann=str(train_ann), val_dir=str(val_dir),
                 val_ann=str(val_ann))
@@ -281,13 +282,26 @@ def _eval(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- predict
 def _read_image(path: str):
     """``(uint8 (3, H, W) tensor, None)`` or ``(None, reason)``."""
-    from torchvision.io import ImageReadMode, decode_image
+    from PIL import Image
+    from torchvision.transforms.v2.functional import pil_to_tensor
 
     try:
-        return decode_image(path, mode=ImageReadMode.RGB), None
+        with Image.open(path) as img:
+            return pil_to_tensor(img.convert("RGB")), None
     except Exception as e:  # corrupt file, not an image, unreadable: reported, not raised
         reason = " ".join(str(e).split()) or type(e).__name__
         return None, f"cannot read image {path}: {reason}"
+
+
+def _set_score_thresh(model, thresh: float) -> None:
+    """Let the detector keep candidates down to ``thresh`` (RetinaNet drops scores below 0.05
+    and Mask R-CNN below 0.05 before their per-image limit unless told otherwise).
+    """
+    if hasattr(model, "score_thresh"):  # RetinaNet
+        model.score_thresh = min(model.score_thresh, thresh)
+    roi = getattr(model, "roi_heads", None)
+    if roi is not None and hasattr(roi, "score_thresh"):  # Mask R-CNN
+        roi.score_thresh = min(roi.score_thresh, thresh)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -304,6 +318,7 @@ def _predict(args: argparse.Namespace) -> int:
                         f"pyg-vig detect predict RUN_DIR|best.pt IMAGE ...")
     device = _pick_device(args.device)
     model, cfg, _ = load_detector(args.source, device)
+    _set_score_thresh(model, args.score_thresh)
     names = {int(k): v for k, v in (cfg.categories or {}).items()}
     paths, problems = expand_images(args.images)
     out = Path(args.output)
@@ -355,7 +370,7 @@ def _draw(img, det: dict, names: dict[int, str], out: Path, path: str, used: set
     """Boxes (and masks) on the image, written as ``out/<stem>.png`` (a name used twice gets
     a suffix).
     """
-    from torchvision.io import write_png
+    from PIL import Image
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
     canvas = img
@@ -371,5 +386,5 @@ def _draw(img, det: dict, names: dict[int, str], out: Path, path: str, used: set
         name, i = f"{stem}-{i}", i + 1
     used.add(name)
     target = out / f"{name}.png"
-    write_png(canvas, os.fspath(target))
+    Image.fromarray(canvas.permute(1, 2, 0).contiguous().numpy()).save(target)
     return target

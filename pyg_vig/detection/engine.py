@@ -172,9 +172,9 @@ DEMO_CONFIGS: dict[str, dict[str, Any]] = {
         config=dict(
             model="retinanet", backbone="pvig_ti", epochs=2, lr=1e-3, warmup_iters=2,
             batch_size=4, min_size=96, max_size=96, anchor_sizes=[16, 32, 64, 128, 256],
-            clip_grad=10.0, eval_every=1, log_every=0,
+            clip_grad=10.0, eval_every=0, log_every=0,
             backbone_args=dict(use_dilation=False, embed_dims=[16, 32, 48, 64],
-                               depths=[1, 1, 1, 1]),
+                               depths=[1, 1, 1, 1], out_channels=32),
         ),
     ),
 }
@@ -332,6 +332,7 @@ class DetectTrainer:
         ws = self.dist.world_size
         if cfg.batch_size % ws:
             raise ConfigError(f"--batch-size {cfg.batch_size} is not divisible by {ws} processes")
+        self.loader_generator = torch.Generator()
         # the permutation depends on seed + epoch only, so a resumed run sees the same order
         self.sampler = DistributedSampler(self.train_set, num_replicas=ws, rank=self.dist.rank,
                                           shuffle=True, seed=cfg.seed, drop_last=False)
@@ -339,9 +340,9 @@ class DetectTrainer:
             self.train_set, batch_size=cfg.batch_size // ws, sampler=self.sampler,
             num_workers=cfg.workers, collate_fn=detection.collate,
             pin_memory=dev.type == "cuda", persistent_workers=cfg.workers > 0,
-            # its own generator: worker seeds must not shift the global RNG stream that the
-            # augmentations draw from
-            generator=torch.Generator().manual_seed(cfg.seed + self.dist.rank),
+            # its own generator (re-seeded every epoch): worker seeds must not shift the global
+            # RNG stream the augmentations draw from, and must not depend on where a run resumed
+            generator=self.loader_generator,
         )
         # weights come from last.pt when resuming: no download
         first = self.dist.distributed and (cfg.pretrained or cfg.checkpoint) and not self.resume
@@ -518,6 +519,7 @@ class DetectTrainer:
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         cfg, dev = self.cfg, self.dist.device
         self.sampler.set_epoch(epoch)
+        self.loader_generator.manual_seed(cfg.seed + 1000 * epoch + self.dist.rank)
         self.ddp_model.train()
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
