@@ -161,10 +161,13 @@ DEMO_CONFIGS: dict[str, dict[str, Any]] = {
     "full": dict(
         canvas=dict(n_train=1000, n_val=200, canvas_size=128),
         config=dict(
-            model="retinanet", backbone="pvig_ti", epochs=48, lr=1e-3, warmup_iters=100,
+            model="retinanet", backbone="pvig_ti", epochs=20, lr=1e-3, warmup_iters=100,
             batch_size=16, min_size=128, max_size=128, anchor_sizes=[16, 32, 64, 128, 256],
-            clip_grad=10.0, eval_every=0, log_every=0,
-            backbone_args=dict(use_dilation=False),
+            clip_grad=10.0, eval_every=5, log_every=20,
+            # pvig_ti's layout, narrower and shallower (1.3M parameters instead of 9.3M), and
+            # a 64-channel FPN / head: what 15 minutes of 2 CPU cores can train from scratch
+            backbone_args=dict(use_dilation=False, embed_dims=[32, 64, 128, 192],
+                               depths=[1, 1, 2, 1], out_channels=64),
         ),
     ),
     "small": dict(
