@@ -30,9 +30,10 @@ _TRAIN_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--model", "model", str, "retinanet or maskrcnn (default: retinanet)"),
     ("--backbone", "backbone", str, "pyramid ViG: pvig_ti, pvig_s, pvig_m, pvig_b "
                                     "(default: pvig_s)"),
-    ("--backbone-args", "backbone_args", json.loads,
-     "JSON dict of extra vig_fpn_backbone / create_model arguments, e.g. "
-     "'{\"out_channels\": 128, \"drop_path_rate\": 0.1}'"),
+    ("--model-args", "model_args", json.loads,
+     "JSON dict of extra retinanet_pvig_fpn / maskrcnn_pvig_fpn arguments: torchvision "
+     "detector settings go to the detector, the rest to vig_fpn_backbone / create_model, e.g. "
+     "'{\"out_channels\": 128, \"drop_path_rate\": 0.1, \"detections_per_img\": 50}'"),
     ("--checkpoint", "checkpoint", str, "ImageNet weights file for the backbone (official "
                                         "or ours)"),
     ("--trainable-stages", "trainable_stages", int, "train the last N of stem, stages 0-3 "
@@ -164,8 +165,8 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
             given[dest] = getattr(args, dest)
     if given.get("clip_grad") == 0:
         given["clip_grad"] = None
-    if "backbone_args" in given and not isinstance(given["backbone_args"], dict):
-        raise UserError("--backbone-args must be a JSON object, e.g. '{\"out_channels\": 128}'")
+    if "model_args" in given and not isinstance(given["model_args"], dict):
+        raise UserError("--model-args must be a JSON object, e.g. '{\"out_channels\": 128}'")
     return given
 
 

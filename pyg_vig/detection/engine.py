@@ -71,7 +71,7 @@ class DetectConfig:
 
     model: str = "retinanet"
     backbone: str = "pvig_s"
-    backbone_args: dict[str, Any] = field(default_factory=dict)
+    model_args: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = False
     checkpoint: str | None = None
     trainable_stages: int | None = None
@@ -166,7 +166,7 @@ DEMO_CONFIGS: dict[str, dict[str, Any]] = {
             clip_grad=10.0, eval_every=5, log_every=20,
             # pvig_ti's layout, narrower and shallower (1.3M parameters instead of 9.3M), and
             # a 64-channel FPN / head: what 15 minutes of 2 CPU cores can train from scratch
-            backbone_args=dict(use_dilation=False, embed_dims=[32, 64, 128, 192],
+            model_args=dict(use_dilation=False, embed_dims=[32, 64, 128, 192],
                                depths=[1, 1, 2, 1], out_channels=64),
         ),
     ),
@@ -176,7 +176,7 @@ DEMO_CONFIGS: dict[str, dict[str, Any]] = {
             model="retinanet", backbone="pvig_ti", epochs=2, lr=1e-3, warmup_iters=2,
             batch_size=4, min_size=96, max_size=96, anchor_sizes=[16, 32, 64, 128, 256],
             clip_grad=10.0, eval_every=0, log_every=0,
-            backbone_args=dict(use_dilation=False, embed_dims=[16, 32, 48, 64],
+            model_args=dict(use_dilation=False, embed_dims=[16, 32, 48, 64],
                                depths=[1, 1, 1, 1], out_channels=32),
         ),
     ),
@@ -201,7 +201,7 @@ def build_detector(cfg: DetectConfig, *, weights: bool = True) -> nn.Module:
     """
     from pyg_vig import detection
 
-    kwargs: dict[str, Any] = dict(cfg.backbone_args)
+    kwargs: dict[str, Any] = dict(cfg.model_args)
     kwargs.update(num_classes=cfg.num_classes, min_size=cfg.min_size, max_size=cfg.max_size)
     if cfg.trainable_stages is not None:
         kwargs["trainable_stages"] = cfg.trainable_stages

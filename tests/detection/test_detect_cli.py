@@ -17,6 +17,7 @@ pytest.importorskip("pycocotools")
 from pyg_vig.cli import main  # noqa: E402
 from pyg_vig.detection.engine import (  # noqa: E402
     BEST_FILE,
+    DEMO_CONFIGS,
     LAST_FILE,
     DetectConfig,
     DetectTrainer,
@@ -175,3 +176,28 @@ def test_lr_schedule_is_the_1x_recipe():
     f = [lr_factor(i, warmup_iters=10, warmup_ratio=0.001, step_iters=[80, 110], gamma=0.1)
          for i in (0, 5, 10, 79, 80, 109, 110, 119)]
     assert f == pytest.approx([0.001, 0.5005, 1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_maskrcnn_run_scores_masks_and_draws_them(demo, tmp_path, capsys):
+    _, cache = demo
+    run_dir = tmp_path / "mrcnn"
+    small = {**DEMO_CONFIGS["small"]["config"]["model_args"],  # fewer proposals: a faster test
+             "rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50,
+             "rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 50,
+             "box_batch_size_per_image": 32, "box_detections_per_img": 10}
+    rc, out, err = _run(capsys, "train", "--demo", "--demo-size", "small", "--model", "maskrcnn",
+                        "--epochs", "1", "--model-args", json.dumps(small), "--cache-dir", cache,
+                        "--output", run_dir, "--device", "cpu")
+    assert rc == 0, err
+    assert "bbox: mAP=" in out and "segm: mAP=" in out
+    final = json.loads((run_dir / "metrics.json").read_text())["summary"]["final"]
+    assert set(final) == {"bbox", "segm"}
+    assert 0.0 <= final["segm"]["mAP"] <= 1.0
+    cfg = DetectConfig.load(run_dir / "config.json")
+    image = Path(cfg.val_dir) / "000000.png"
+    rc, _, err = _run(capsys, "predict", run_dir, image, "--output", tmp_path / "out",
+                      "--score-thresh", "0", "--device", "cpu")
+    assert rc == 0, err
+    (result,) = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert 0 < len(result["detections"]) <= 10
+    assert Path(result["drawn"]).is_file()
