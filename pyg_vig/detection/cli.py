@@ -177,7 +177,9 @@ def _demo_data(cache_dir: str | None, size: str, info) -> dict[str, str]:
 
     canvas = DEMO_CONFIGS[size]["canvas"]
     root = Path(cache_dir or Path.home() / ".cache" / "pyg_vig" / "detect_canvases")
-    root = root / f"{canvas['n_train']}-{canvas['n_val']}-{canvas['canvas_size']}px-seed0"
+    lo, hi = canvas["objects_per_image"]
+    root = root / (f"{canvas['n_train']}-{canvas['n_val']}-{canvas['canvas_size']}px-"
+                   f"{lo}to{hi}objects-seed0")
     # make_canvases' layout; its json files are written last, so their presence means done
     paths = {s: (root / s, root / f"instances_{s}.json") for s in ("train", "val")}
     if info.is_main and not all(ann.is_file() for _, ann in paths.values()):
