@@ -201,3 +201,26 @@ def test_maskrcnn_run_scores_masks_and_draws_them(demo, tmp_path, capsys):
     (result,) = json.loads((tmp_path / "out" / "detections.json").read_text())
     assert 0 < len(result["detections"]) <= 10
     assert Path(result["drawn"]).is_file()
+
+
+def test_torchrun_trains_data_parallel(demo, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    _, cache = demo
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    run_dir = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "pyg_vig", "detect", "train", "--demo", "--demo-size", "small", "--epochs", "1",
+         "--cache-dir", str(cache), "--output", str(run_dir), "--device", "cpu"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("run folder: ") == 1  # rank 0 reports
+    summary = json.loads((run_dir / "metrics.json").read_text())["summary"]
+    # 8 canvases, a global batch of 4 split over 2 processes: 2 iterations per epoch
+    assert summary["world_size"] == 2 and summary["iterations"] == 2
+    assert (run_dir / BEST_FILE).is_file()
