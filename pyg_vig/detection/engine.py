@@ -353,6 +353,10 @@ class DetectTrainer:
         if first and not self.dist.is_main:
             dist.barrier()  # rank 0 downloads the backbone weights once, the others read its cache
         model = build_detector(cfg, weights=not self.resume).to(dev)
+        # the defaults that depend on loaded weights, made explicit: a resumed run (and
+        # eval/predict) rebuild the model without downloading them
+        cfg.trainable_stages = model.backbone.trainable_stages
+        cfg.batch_norm = model.backbone.batch_norm
         if first and self.dist.is_main:
             dist.barrier()
         self.model = model
