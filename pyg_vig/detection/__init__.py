@@ -4,7 +4,8 @@ torchvision's RetinaNet and Mask R-CNN on a ViG + FPN backbone, COCO-format data
 pycocotools, ``torchvision.transforms.v2`` pipelines, COCO evaluation, and a small COCO-format
 data set generated from the embedded Fashion-MNIST subset::
 
-    from pyg_vig.detection import CocoDetection, make_canvases, retinanet_pvig_fpn
+    from pyg_vig.detection import (CocoDetection, detection_transforms, make_canvases,
+                                   retinanet_pvig_fpn)
 
     paths = make_canvases("canvases", n_train=64, n_val=16)
     train = CocoDetection(*paths["train"], transforms=detection_transforms(train=True))
@@ -24,7 +25,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from pyg_vig.detection.backbone import BATCH_NORM_MODES, ViGBackboneWithFPN, vig_fpn_backbone
 from pyg_vig.detection.canvases import make_canvases
-from pyg_vig.detection.data import CocoDetection, collate, detection_transforms
+from pyg_vig.detection.data import CocoDetection, collate, detection_transforms, load_coco
 from pyg_vig.detection.evaluate import (
     coco_from_targets,
     evaluate_coco,
@@ -41,6 +42,7 @@ __all__ = [
     "collate",
     "detection_transforms",
     "evaluate_coco",
+    "load_coco",
     "make_canvases",
     "maskrcnn_pvig_fpn",
     "retinanet_pvig_fpn",

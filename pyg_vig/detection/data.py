@@ -124,7 +124,9 @@ class CocoDetection(Dataset):
     An image that cannot be read (missing, not an image, size other than the file says) is
     skipped with a warning and recorded in :attr:`skipped` as ``(file, reason)``: with
     ``check_images`` (default) when the data set is built (the image headers are read), else
-    when the item is loaded, which then returns :obj:`None` (:func:`collate` drops it).
+    when the item is loaded, which then returns :obj:`None` (:func:`collate` drops it; with
+    ``DataLoader`` worker processes such a late skip is recorded in the worker's copy of the
+    data set, so only its warning reaches the main process).
 
     Args:
         img_dir (str or Path): folder that the images' ``file_name`` entries are relative to.
@@ -139,6 +141,7 @@ class CocoDetection(Dataset):
         coco (pycocotools.coco.COCO): the annotations (for :func:`evaluate_coco`).
         ids (list of int): image ids of the items, in order.
         classes (dict): category id -> name.
+        num_classes (int): largest category id + 1, the detectors' ``num_classes``.
         skipped (list of (str, str)): unreadable images and why.
     """
 
@@ -156,11 +159,16 @@ class CocoDetection(Dataset):
         self.skipped: list[tuple[str, str]] = []
         self.ids = sorted(self.coco.imgs)
         if check_images:
-            self.ids = [i for i in self.ids if self._header_ok(self.coco.imgs[i])]
+            readable = []
+            for i in self.ids:  # a loop, not a comprehension: the warnings' stacklevel
+                if self._header_ok(self.coco.imgs[i]):
+                    readable.append(i)
+            self.ids = readable
 
     def _skip(self, file_name: str, reason: str) -> None:
         self.skipped.append((file_name, reason))
-        warnings.warn(f"skipping image {self.img_dir / file_name}: {reason}", stacklevel=3)
+        # stacklevel 4: the user's line (via __init__ -> _header_ok or __getitem__ -> load_image)
+        warnings.warn(f"skipping image {self.img_dir / file_name}: {reason}", stacklevel=4)
 
     def _header_ok(self, info: dict) -> bool:
         path = self.img_dir / info["file_name"]
@@ -178,6 +186,13 @@ class CocoDetection(Dataset):
                                           f"says {info['width']}x{info['height']}")
             return False
         return True
+
+    @property
+    def num_classes(self) -> int:
+        """The detectors' ``num_classes`` for this data set: the largest category id + 1
+        (torchvision's convention: labels are category ids, 0 is the background).
+        """
+        return max(self.classes, default=0) + 1
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -208,7 +208,8 @@ def evaluate_coco(model: nn.Module, data: Dataset | DataLoader, *,
     else:
         loader, dataset = DataLoader(data, batch_size=batch_size, collate_fn=collate), data
     if device is None:
-        device = next(iter(model.parameters())).device
+        first = next(iter(model.parameters()), None)
+        device = first.device if first is not None else torch.device("cpu")
     coco = _find_coco(dataset)
     was_training = model.training
     model.eval()

@@ -38,6 +38,7 @@ def test_items_are_tv_tensors(canvases):
     ds = CocoDetection(*canvases["train"], with_masks=True)
     assert len(ds) == 4 and ds.skipped == []
     assert ds.classes == {i + 1: n for i, n in enumerate(FASHION_MNIST_CLASSES)}
+    assert ds.num_classes == 11
     image, target = ds[0]
     assert isinstance(image, tv_tensors.Image) and image.dtype == torch.float32
     assert image.shape == (3, 96, 96) and 0 <= image.min() and image.max() <= 1
@@ -129,8 +130,12 @@ def test_corrupt_image_is_reported_and_skipped(canvases, tmp_path):
     img_dir, ann_file = _copy(canvases, tmp_path)
     (img_dir / "000001.png").write_bytes(b"not a png at all")
     (img_dir / "000003.png").unlink()
-    with pytest.warns(UserWarning, match="skipping image .*000001.png: cannot read it"):
+    with pytest.warns(UserWarning) as record:
         ds = CocoDetection(img_dir, ann_file)
+    messages = [str(w.message) for w in record]
+    assert any("000001.png: cannot read it" in m for m in messages), messages
+    assert any("000003.png: file not found" in m for m in messages), messages
+    assert all(w.filename == __file__ for w in record)  # points at the caller's line
     assert len(ds) == 2 and ds.ids == [1, 3]
     assert [f for f, _ in ds.skipped] == ["000001.png", "000003.png"]
     assert "file not found" in ds.skipped[1][1]
