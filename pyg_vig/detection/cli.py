@@ -88,8 +88,9 @@ def _add_train(sub) -> None:
         "folder. Data-parallel: torchrun --nproc_per_node=N -m pyg_vig detect train ...",
     )
     p.add_argument("--demo", action="store_true",
-                   help="generate Fashion-MNIST canvases and train a small, randomly "
-                   "initialised pvig_ti RetinaNet on them (CPU); explicit flags still win")
+                   help="generate Fashion-MNIST canvases and train a RetinaNet with a "
+                   "randomly initialised, reduced pvig_ti on them (CPU, about 15 minutes on 2 "
+                   "cores under torchrun); explicit flags still win")
     p.add_argument("--demo-size", choices=("full", "small"), default="full",
                    help="full: the README demo; small: a seconds-long run (tests)")
     p.add_argument("--cache-dir", help="where --demo keeps its canvases (default: "
