@@ -1,4 +1,4 @@
-"""The ``pyg-vig`` command: ``train``, ``eval``, ``predict``, ``export`` and ``graph``.
+"""The ``pyg-vig`` command: ``train``, ``eval``, ``predict``, ``export``, ``graph`` and ``detect``.
 
 Each subcommand is a module of this package (or any importable module named in
 :data:`SUBCOMMANDS`) with ``add_parser(subparsers)`` and ``run(args) -> int``.
@@ -59,7 +59,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
     parser = argparse.ArgumentParser(
         prog="pyg-vig",
         description="Vision GNN (ViG) on PyTorch Geometric: train, evaluate, "
-        "predict, export, and draw the patch graph.",
+        "predict, export, draw the patch graph, and detect objects.",
     )
     parser.add_argument("--version", action="version", version=f"pyg_vig {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

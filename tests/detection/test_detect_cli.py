@@ -224,3 +224,14 @@ def test_torchrun_trains_data_parallel(demo, tmp_path):
     # 8 canvases, a global batch of 4 split over 2 processes: 2 iterations per epoch
     assert summary["world_size"] == 2 and summary["iterations"] == 2
     assert (run_dir / BEST_FILE).is_file()
+
+
+def test_a_subcommand_whose_extra_is_missing_reports_it(monkeypatch, capsys):
+    import pyg_vig.cli as cli
+
+    # what `detect` does without torchvision: the other subcommands keep working
+    monkeypatch.setattr(cli, "SUBCOMMANDS", ("graph", "pyg_vig.not_installed.cli"))
+    assert cli.main(["not_installed", "train"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("pyg-vig: error: pyg-vig not_installed is unavailable: No module")
