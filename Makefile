@@ -1,6 +1,7 @@
 # Two entry points, both idempotent, both using the virtual environment .venv in this folder:
 #   make demo   set up, then train + evaluate a small ViG on the embedded Fashion-MNIST subset
 #   make test   set up (with the torch-cluster / torch-scatter, export and detection extras), then run the tests
+#   make detect-demo   set up (detection extra), then train + score a small ViG RetinaNet on canvases
 # TORCH_SPEC is PyPI's default build (CUDA-enabled, runs on CPU too), the one `pip install torch` gives and
 # the one PyPI's torchvision wheels load beside; timm and torchvision are part of the base set-up.
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test ops lint clean-venv
+.PHONY: demo detect-demo test ops lint clean-venv
 
 $(VENV)/.base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +55,12 @@ $(FMNIST_LOCAL):
 demo: $(VENV)/.base ops $(FMNIST_LOCAL)
 	$(PY) -m torch.distributed.run --standalone --nproc_per_node=2 -m pyg_vig train --demo \
 	  $$([ -d $(FMNIST_LOCAL) ] && echo --full-test $(FMNIST_LOCAL))
+
+# The detection demo (README, docs/detection.md): Fashion-MNIST canvases written once to
+# ~/.cache/pyg_vig/detect_canvases, then a small randomly initialised pyramid ViG RetinaNet
+# trained on them from scratch, two single-threaded data-parallel processes as in `demo`.
+detect-demo: $(VENV)/.extras ops
+	$(PY) -m torch.distributed.run --standalone --nproc_per_node=2 -m pyg_vig detect train --demo
 
 test: $(VENV)/.cluster ops
 	PYG_VIG_REQUIRE_OPS=1 $(PY) -m pytest -q tests; rc=$$?; \

@@ -1,4 +1,4 @@
-"""The ``pyg-vig`` command: ``train``, ``eval``, ``predict``, ``export`` and ``graph``.
+"""The ``pyg-vig`` command: ``train``, ``eval``, ``predict``, ``export``, ``graph`` and ``detect``.
 
 Each subcommand is a module of this package (or any importable module named in
 :data:`SUBCOMMANDS`) with ``add_parser(subparsers)`` and ``run(args) -> int``.
@@ -25,11 +25,31 @@ __all__ = ["main", "SUBCOMMANDS", "UserError", "build_parser"]
 
 #: Subcommand modules, in help order: a bare name is ``pyg_vig.cli.<name>``, a dotted name is
 #: imported as it is (e.g. ``"pyg_vig.detection.cli"``).
-SUBCOMMANDS: tuple[str, ...] = ("train", "eval", "predict", "export", "graph")
+SUBCOMMANDS: tuple[str, ...] = (
+    "train", "eval", "predict", "export", "graph", "pyg_vig.detection.cli",
+)
 
 
 def _module(name: str) -> ModuleType:
     return importlib.import_module(name if "." in name else f"{__name__}.{name}")
+
+
+class _Unavailable:
+    """A subcommand whose module needs a missing optional dependency (e.g. ``detect`` without
+    torchvision): listed in the help, and running it reports the import error in one line.
+    """
+
+    def __init__(self, name: str, error: ImportError):
+        self.command = name.rsplit(".", 2)[-2] if name.endswith(".cli") else name.rsplit(".")[-1]
+        self.error = error
+
+    def add_parser(self, subparsers) -> argparse.ArgumentParser:
+        p = subparsers.add_parser(self.command, help=f"(unavailable: {self.error})")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        return p
+
+    def run(self, args: argparse.Namespace) -> int:
+        raise UserError(f"pyg-vig {self.command} is unavailable: {self.error}")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
@@ -39,13 +59,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
     parser = argparse.ArgumentParser(
         prog="pyg-vig",
         description="Vision GNN (ViG) on PyTorch Geometric: train, evaluate, "
-        "predict, export, and draw the patch graph.",
+        "predict, export, draw the patch graph, and detect objects.",
     )
     parser.add_argument("--version", action="version", version=f"pyg_vig {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     modules = {}
     for name in SUBCOMMANDS:
-        mod = _module(name)
+        try:
+            mod = _module(name)
+        except ImportError as e:  # an optional extra is missing: the rest of pyg-vig works
+            if "." not in name:
+                raise
+            mod = _Unavailable(name, e)
         p = mod.add_parser(sub)
         modules[p.prog.split()[-1]] = mod
     return parser, modules

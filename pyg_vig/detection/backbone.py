@@ -188,6 +188,9 @@ def vig_fpn_backbone(
         if key in model_kwargs:
             raise ValueError(f"{key} is set by vig_fpn_backbone; choose the stages with "
                              "returned_stages")
+    if all(i >= 0 for i in returned_stages) and list(returned_stages) != sorted(
+            set(returned_stages)):  # checked again below for negative indices
+        raise ValueError(f"returned_stages must be increasing, got {tuple(returned_stages)}")
     body = pyg_vig.create_model(name, features_only=True, out_indices=tuple(returned_stages),
                                 **model_kwargs)
     n_stages = len(body.model.feature_info)

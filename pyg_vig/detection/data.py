@@ -141,6 +141,7 @@ class CocoDetection(Dataset):
         coco (pycocotools.coco.COCO): the annotations (for :func:`evaluate_coco`).
         ids (list of int): image ids of the items, in order.
         classes (dict): category id -> name.
+        num_classes (int): largest category id + 1, the detectors' ``num_classes``.
         skipped (list of (str, str)): unreadable images and why.
     """
 
@@ -185,6 +186,13 @@ class CocoDetection(Dataset):
                                           f"says {info['width']}x{info['height']}")
             return False
         return True
+
+    @property
+    def num_classes(self) -> int:
+        """The detectors' ``num_classes`` for this data set: the largest category id + 1
+        (torchvision's convention: labels are category ids, 0 is the background).
+        """
+        return max(self.classes, default=0) + 1
 
     def __len__(self) -> int:
         return len(self.ids)

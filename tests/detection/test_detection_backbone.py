@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -123,3 +126,9 @@ def test_defaults_without_weights_train_everything():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         vig_fpn_backbone("pvig_ti", **kwargs, **TINY)
+
+
+def test_import_pyg_vig_does_not_import_detection():
+    code = ("import sys, pyg_vig; bad = [m for m in ('pyg_vig.detection', 'pycocotools') "
+            "if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

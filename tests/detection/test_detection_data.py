@@ -38,6 +38,7 @@ def test_items_are_tv_tensors(canvases):
     ds = CocoDetection(*canvases["train"], with_masks=True)
     assert len(ds) == 4 and ds.skipped == []
     assert ds.classes == {i + 1: n for i, n in enumerate(FASHION_MNIST_CLASSES)}
+    assert ds.num_classes == 11
     image, target = ds[0]
     assert isinstance(image, tv_tensors.Image) and image.dtype == torch.float32
     assert image.shape == (3, 96, 96) and 0 <= image.min() and image.max() <= 1
