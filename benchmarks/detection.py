@@ -109,7 +109,7 @@ def _official_backbone():
 
 
 def _same_head_as_ours(backbone):
-    """RetinaNet over ``backbone`` with the anchors and normalisation ``retinanet_pvig_fpn`` uses."""
+    """RetinaNet over ``backbone``, anchors and normalisation as ``retinanet_pvig_fpn``."""
     from torchvision.models.detection import RetinaNet
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
@@ -178,7 +178,7 @@ class KnnClock:
         return run
 
 
-# ------------------------------------------------------------------------------ one engine, one mode
+# ------------------------------------------------------------------------ one engine, one mode
 def child(args) -> dict:
     device = torch.device(args.device)
     if device.type == "cpu":
