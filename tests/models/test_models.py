@@ -490,13 +490,15 @@ def test_fuse(name, conv):
 
 
 def test_fuse_pvig_ti():
+    # float64, as test_fuse: in float32 a near-tied k-NN candidate flips now and then
+    torch.manual_seed(0)
     model = create_model("pvig_ti")
-    _fanin_init(model).eval()
-    x = _images(model, 176, batch=1)
+    _fanin_init(model).eval().double()
+    x = _images(model, 176, batch=1).double()
     with torch.no_grad():
         ref = model(x)
         out = model.fuse()(x)
-    assert _rel_err(out, ref) <= 1e-4
+    assert _rel_err(out, ref) <= 1e-10
 
 
 # --------------------------------------------------------------------------- training-time

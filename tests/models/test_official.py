@@ -58,25 +58,36 @@ def _input():
     return x
 
 
-_TORCH = ".".join(torch.__version__.split("+")[0].split(".")[:2])
 # The fixtures come from the official code under torch 2.13. Where candidates tie exactly in
-# float32, the rank topk gives them depends on the torch build; knn_torch_<version>.pt holds
-# the official code's k-NN indices and logits under later torch versions (regen_knn.py).
-_RECORDED = FIXTURES / f"knn_torch_{_TORCH}.pt"
+# float32, the rank topk gives them depends on the torch build and on the CPU's instruction set
+# (the same torch 2.14.1 wheel orders a few tied rows one way on one x86 machine and the other
+# way on another); knn_torch_<version>.pt holds the official code's k-NN indices and logits as
+# run on further builds / machines (regen_knn.py).
 
 
-def _official_reference(name):
-    """``(logits, [nn_idx per block])`` of the official code under the running torch, if known."""
+def _official_references(name):
+    """``[(label, logits, [nn_idx per block])]``: every recorded run of the official code."""
     fx = _load(name)
-    if _TORCH == "2.13":
-        return fx["logits"], [r["nn_idx"] for r in fx["knn"]]
-    if _RECORDED.is_file():
-        record = torch.load(_RECORDED, weights_only=True)
+    refs = [("torch 2.13 fixture", fx["logits"], [r["nn_idx"] for r in fx["knn"]])]
+    for path in sorted(FIXTURES.glob("knn_torch_*.pt")):
+        record = torch.load(path, weights_only=True)
         if name in record["nn_idx"]:
-            return record["logits"][name], record["nn_idx"][name]
-    pytest.skip(
-        f"no official k-NN record for torch {_TORCH}: run tests/fixtures/official/regen_knn.py"
-    )
+            refs.append((path.name, record["logits"][name], record["nn_idx"][name]))
+    return refs
+
+
+def _matches_an_official_run(name, logits, edge_indices, knn_meta, logits_ok):
+    """Our logits and every block's neighbours equal one recorded official run (the official
+    code itself, on this torch and CPU, gives one of them); else an explanation per run."""
+    report = []
+    for label, ref_logits, ref_knn in _official_references(name):
+        bad = [i for i, (ei, meta) in enumerate(zip(edge_indices, knn_meta, strict=True))
+               if _knn_mismatches(ei, dict(meta, nn_idx=ref_knn[i]))]
+        if not bad and logits_ok(logits, ref_logits):
+            return True, ""
+        report.append(f"{label}: blocks with other neighbours {bad[:5]}, logits ok "
+                      f"{logits_ok(logits, ref_logits)}")
+    return False, "; ".join(report)
 
 
 def test_recorded_versions_agree_with_fixtures_where_no_tie():
@@ -130,12 +141,11 @@ def test_fanin_equivalence(name, official):
     assert logits.shape == fx["logits"].shape
     assert len(graph.edge_indices) == len(fx["knn"])
     if official:
-        # The official float32 operation order: every neighbour and the logits match those of
-        # the official code under the same torch.
-        ref_logits, ref_knn = _official_reference(name)
-        assert _rel_err(logits, ref_logits) <= 1e-4
-        for i, (edge_index, ref) in enumerate(zip(graph.edge_indices, fx["knn"], strict=True)):
-            assert _knn_mismatches(edge_index, dict(ref, nn_idx=ref_knn[i])) == 0, f"block {i}"
+        # The official float32 operation order: every neighbour and the logits match one run
+        # of the official code (where float32 ties make the order build/CPU-dependent).
+        ok, why = _matches_an_official_run(name, logits, graph.edge_indices, fx["knn"],
+                                           lambda a, b: _rel_err(a, b) <= 1e-4)
+        assert ok, why
         return
     # The fast node-major path (channels-last stem, node-major linears) sums in another order
     # (~1e-7 relative). Candidates the official code separates by only a couple of ulps
@@ -245,9 +255,9 @@ def test_full_size_logits(name, official):
     assert (logits - fx["logits"]).abs().max().item() <= 2e-5
     ref = fx["knn"][0]
     if official:
-        ref_logits, ref_knn = _official_reference(name)
-        assert (logits - ref_logits).abs().max().item() <= 2e-5
-        assert _knn_mismatches(graph.edge_indices[0], dict(ref, nn_idx=ref_knn[0])) == 0
+        ok, why = _matches_an_official_run(name, logits, graph.edge_indices[:1], [ref],
+                                           lambda a, b: (a - b).abs().max().item() <= 2e-5)
+        assert ok, why
     else:
         # This fill rule makes exact float32 distance ties (README: min gap 0.0), so in the
         # default layout a few near-tied neighbours swap or flip; the sets must agree for
