@@ -51,8 +51,14 @@ def _image_folder_root(data: str, split: str) -> Path | None:
     try:
         find_idx_files(path, split)
         return None  # an IDX folder
-    except (FileNotFoundError, ValueError):  # no IDX files, or a split IDX data lack
-        pass
+    except (FileNotFoundError, ValueError) as e:  # no IDX files, or a split IDX data lack
+        if not any((path / name).is_dir() for name in (split, "val", "test")):
+            for other in ("test", "train"):  # an IDX folder asked for a split it lacks
+                try:
+                    find_idx_files(path, other)
+                except (FileNotFoundError, ValueError):
+                    continue
+                raise UserError(f"--split {split}: {data} is an IDX dataset ({e})") from None
     for name in (split, "val" if split == "test" else None, "test" if split == "val" else None):
         if name and (path / name).is_dir():
             return path / name
@@ -112,6 +118,10 @@ def _folder_files(root: Path, pred, class_map: str | None):
     from pyg_vig.datasets import scan_image_folder
 
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not found:
+        raise UserError(f"no class sub-folders in image folder {root} (expected "
+                        "<folder>/<class>/<image files>, or --split naming a sub-folder that "
+                        "holds them)")
     if class_map:
         mapping = read_class_map(class_map, pred.classes, pred.class_keys)
         missing = [f for f in found if f not in mapping]
