@@ -39,3 +39,17 @@ def test_empty_folder_says_it_has_no_class_folders(tmp_path, capsys):
     line = _error(capsys, ["eval", "--model", "vig_mini", "--data", str(empty)],
                   "no class sub-folders in image folder")  # fmt: skip
     assert "--class-map" not in line  # no mapping could help an empty folder
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["predict", "--model", "vig_mini", "x.png", "--topk", "0"], "--topk must be at least 1, got"),
+    (["predict", "--model", "vig_mini", "x.png", "--batch-size", "0"], "--batch-size must be at"),
+    (["eval", "--model", "vig_mini", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["eval", "--model", "vig_mini", "--workers", "-1"], "--workers must be at least 0, got -1"),
+    (["export", "vig_mini", "--batch-size", "-2"], "--batch-size must be at least 1, got -2"),
+])  # fmt: skip
+def test_counts_below_their_minimum_are_refused_not_clamped(argv, match, capsys, tmp_path,
+                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _error(capsys, argv, match)
+    assert list(tmp_path.iterdir()) == []

@@ -57,6 +57,19 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="CPU threads for torch / onnxruntime (default: the libraries' own)")
 
 
+def check_counts(args: argparse.Namespace, **minimum: int) -> None:
+    """Refuse counts below their minimum, e.g. ``check_counts(args, topk=1, workers=0)``.
+
+    The libraries below would otherwise clamp them silently (``--topk 0`` showing one class)
+    or fail deep inside (``DataLoader(batch_size=0)``).
+    """
+    bad = [f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}"
+           for name, low in minimum.items()
+           if getattr(args, name, None) is not None and getattr(args, name) < low]
+    if bad:
+        raise UserError("; ".join(bad))
+
+
 def apply_threads(args: argparse.Namespace) -> None:
     """Apply ``--threads`` to torch (onnxruntime gets it through :func:`load_predictor`)."""
     n = getattr(args, "threads", None)

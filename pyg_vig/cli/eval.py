@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from pyg_vig.cli._common import UserError, add_model_args, apply_threads
+from pyg_vig.cli._common import UserError, add_model_args, apply_threads, check_counts
 
 NAME = "eval"
 
@@ -158,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from pyg_vig.inference import eval_loader, load_predictor
 
+    check_counts(args, batch_size=1, workers=0)
     apply_threads(args)
     try:
         pred = load_predictor(args.source, model=args.model, pretrained=args.pretrained,

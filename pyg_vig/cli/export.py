@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pyg_vig.cli._common import UserError, apply_threads
+from pyg_vig.cli._common import UserError, apply_threads, check_counts
 
 NAME = "export"
 FORMATS = ("onnx", "pt2")
@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from pyg_vig.datasets.preprocess import resolve_data_config
     from pyg_vig.export import example_input, save_program, to_onnx
 
+    check_counts(args, batch_size=1)
     apply_threads(args)
     args.format = _output_format(args.format, args.output)
     source = args.source

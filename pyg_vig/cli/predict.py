@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from pyg_vig.cli._common import UserError, add_model_args, apply_threads
+from pyg_vig.cli._common import UserError, add_model_args, apply_threads, check_counts
 
 NAME = "predict"
 
@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
                         f"or pyg-vig predict --model pvig_ti --pretrained {source} ...")
     if not inputs:
         raise UserError("no images given: pyg-vig predict [SOURCE] IMAGE [IMAGE ...]")
+    check_counts(args, topk=1, batch_size=1)
     apply_threads(args)
     try:
         pred = load_predictor(source, model=args.model, pretrained=args.pretrained,
