@@ -7,7 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-from pyg_vig.cli._common import UserError, add_model_args, apply_threads, check_counts
+from pyg_vig.cli._common import (
+    UserError,
+    add_model_args,
+    apply_threads,
+    check_counts,
+    check_saved_data,
+)
 
 NAME = "eval"
 
@@ -168,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     cfg = pred.train_cfg
     data = args.data or (cfg.data if cfg is not None else None)
+    if not args.data and cfg is not None:
+        check_saved_data(data, "pass --data PATH (or run from that folder)")
     if data is None:
         raise UserError("--data is needed: an image folder such as the ImageNet validation "
                         "set (val/<wnid>/*.JPEG), or a dataset name such as "
