@@ -34,12 +34,28 @@ __all__ = [
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else as :class:`torch.device`."""
+    """``"auto"`` → CUDA when available, else CPU; anything else as :class:`torch.device`.
+
+    Raises :class:`ValueError` (one line, before any work) for a name torch does not know and
+    for a CUDA device this machine does not have.
+    """
     if isinstance(name, torch.device):
         return name
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or another "
+                         "torch device type (mps, xpu, ...)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available here; use "
+                             "--device cpu (or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} requested but this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    return dev
 
 
 @dataclass

@@ -57,6 +57,35 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="CPU threads for torch / onnxruntime (default: the libraries' own)")
 
 
+def check_counts(args: argparse.Namespace, **minimum: int) -> None:
+    """Refuse counts below their minimum, e.g. ``check_counts(args, topk=1, workers=0)``.
+
+    The libraries below would otherwise clamp them silently (``--topk 0`` showing one class)
+    or fail deep inside (``DataLoader(batch_size=0)``).
+    """
+    bad = [f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}"
+           for name, low in minimum.items()
+           if getattr(args, name, None) is not None and getattr(args, name) < low]
+    if bad:
+        raise UserError("; ".join(bad))
+
+
+def check_saved_data(data: str, what_to_do: str) -> None:
+    """A run remembers ``--data`` as typed: a relative path is missing when the command runs in
+    another folder. Say that (and ``what_to_do``) instead of "dataset path not found: data".
+    """
+    from pathlib import Path
+
+    from pyg_vig.datasets import _SYSTEM_NAMES, EMBEDDED
+
+    path = Path(data).expanduser()
+    if data == EMBEDDED or data in _SYSTEM_NAMES or path.is_absolute() or path.exists():
+        return
+    raise UserError(f"this run was trained with --data {data}, a path relative to the folder "
+                    f"training was started in, and it is not found from {Path.cwd()}; "
+                    f"{what_to_do}")
+
+
 def apply_threads(args: argparse.Namespace) -> None:
     """Apply ``--threads`` to torch (onnxruntime gets it through :func:`load_predictor`)."""
     n = getattr(args, "threads", None)

@@ -7,7 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-from pyg_vig.cli._common import UserError, add_model_args, apply_threads
+from pyg_vig.cli._common import (
+    UserError,
+    add_model_args,
+    apply_threads,
+    check_counts,
+    check_saved_data,
+)
 
 NAME = "eval"
 
@@ -51,8 +57,14 @@ def _image_folder_root(data: str, split: str) -> Path | None:
     try:
         find_idx_files(path, split)
         return None  # an IDX folder
-    except (FileNotFoundError, ValueError):  # no IDX files, or a split IDX data lack
-        pass
+    except (FileNotFoundError, ValueError) as e:  # no IDX files, or a split IDX data lack
+        if not any((path / name).is_dir() for name in (split, "val", "test")):
+            for other in ("test", "train"):  # an IDX folder asked for a split it lacks
+                try:
+                    find_idx_files(path, other)
+                except (FileNotFoundError, ValueError):
+                    continue
+                raise UserError(f"--split {split}: {data} is an IDX dataset ({e})") from None
     for name in (split, "val" if split == "test" else None, "test" if split == "val" else None):
         if name and (path / name).is_dir():
             return path / name
@@ -112,6 +124,10 @@ def _folder_files(root: Path, pred, class_map: str | None):
     from pyg_vig.datasets import scan_image_folder
 
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not found:
+        raise UserError(f"no class sub-folders in image folder {root} (expected "
+                        "<folder>/<class>/<image files>, or --split naming a sub-folder that "
+                        "holds them)")
     if class_map:
         mapping = read_class_map(class_map, pred.classes, pred.class_keys)
         missing = [f for f in found if f not in mapping]
@@ -148,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from pyg_vig.inference import eval_loader, load_predictor
 
+    check_counts(args, batch_size=1, workers=0)
     apply_threads(args)
     try:
         pred = load_predictor(args.source, model=args.model, pretrained=args.pretrained,
@@ -157,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     cfg = pred.train_cfg
     data = args.data or (cfg.data if cfg is not None else None)
+    if not args.data and cfg is not None:
+        check_saved_data(data, "pass --data PATH (or run from that folder)")
     if data is None:
         raise UserError("--data is needed: an image folder such as the ImageNet validation "
                         "set (val/<wnid>/*.JPEG), or a dataset name such as "

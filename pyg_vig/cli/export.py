@@ -5,9 +5,31 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pyg_vig.cli._common import UserError, apply_threads
+from pyg_vig.cli._common import UserError, apply_threads, check_counts
 
 NAME = "export"
+FORMATS = ("onnx", "pt2")
+
+
+def _output_format(fmt: str | None, output: str | None) -> str:
+    """The format to write: ``--format``, else the ``--output`` suffix, else ONNX.
+
+    A file whose suffix names the other format would be unreadable later (``predict`` and
+    ``eval`` pick the loader by suffix), so that combination is refused before any work.
+    """
+    if output is None:
+        return fmt or "onnx"
+    suffix = Path(output).suffix.lower().lstrip(".")
+    if fmt is None and suffix in FORMATS:
+        return suffix
+    if suffix != fmt:
+        writes = (f"--format {fmt} writes a .{fmt} file" if fmt
+                  else "an export is a .onnx or .pt2 file")
+        ends = f"ends in .{suffix}" if suffix else "has no suffix"
+        raise UserError(f"--output {output} {ends} but {writes} "
+                        "(predict/eval pick the reader by suffix); name it "
+                        f"{Path(output).with_suffix('.' + (fmt or 'onnx'))}")
+    return fmt
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -22,7 +44,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("source", metavar="SOURCE",
                    help="run folder, model.safetensors, or a registered model name")
-    p.add_argument("--format", choices=("onnx", "pt2"), default="onnx")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="onnx or pt2 (default: the suffix of --output, else onnx)")
     p.add_argument("--output", "-o", help="output file (default: <run>/model.<format> or "
                    "./<model>.<format>)")
     p.add_argument("--pretrained", action="store_true", help="registered model: load its "
@@ -44,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
     from pyg_vig.datasets.preprocess import resolve_data_config
     from pyg_vig.export import example_input, save_program, to_onnx
 
+    check_counts(args, batch_size=1)
     apply_threads(args)
+    args.format = _output_format(args.format, args.output)
     source = args.source
     path = Path(source).expanduser()
     classes = data_config = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pyg_vig.cli._common import UserError
+from pyg_vig.cli._common import UserError, check_saved_data
 
 NAME = "graph"
 
@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     if not hasattr(model, "forward_graph"):
         raise UserError(f"model {cfg.model} has no forward_graph(); cannot draw its graph")
     if args.image.startswith("test:"):
+        check_saved_data(cfg.data, "run from that folder, or give an image file instead of "
+                         f"{args.image}")
         ds = load_dataset(
             cfg.data, "test", image_size=cfg.image_size, in_chans=cfg.in_chans, classes=cfg.classes
         )

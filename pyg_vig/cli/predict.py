@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from pyg_vig.cli._common import UserError, add_model_args, apply_threads
+from pyg_vig.cli._common import UserError, add_model_args, apply_threads, check_counts
 
 NAME = "predict"
 
@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
                         f"or pyg-vig predict --model pvig_ti --pretrained {source} ...")
     if not inputs:
         raise UserError("no images given: pyg-vig predict [SOURCE] IMAGE [IMAGE ...]")
+    check_counts(args, topk=1, batch_size=1)
     apply_threads(args)
     try:
         pred = load_predictor(source, model=args.model, pretrained=args.pretrained,
@@ -58,13 +59,15 @@ def run(args: argparse.Namespace) -> int:
                               device=args.device, threads=args.threads)
     except ValueError as e:
         raise UserError(str(e)) from None
-    paths, problems = expand_images(inputs)
-    failed = 0
-    for msg in problems:
-        failed += 1
-        print(f"pyg-vig: error: {msg}", file=sys.stderr)
-        if args.json:
-            print(json.dumps({"image": msg.rsplit(" ", 1)[-1], "error": msg}), flush=True)
+    paths, failed, empty = [], 0, 0
+    for item in inputs:  # one at a time, so that a problem names its own input
+        found, problems = expand_images([item])
+        paths += found
+        for msg in problems:
+            failed, empty = failed + 1, empty + 1
+            print(f"pyg-vig: error: {msg}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"image": item, "error": msg}), flush=True)
     for r in predict_files(pred, paths, topk=args.topk, batch_size=args.batch_size):
         if r.error is not None:
             failed += 1
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"{r.image}: " + ", ".join(f"{c} {p:.3f}" for c, _, p in r.top), flush=True)
     if failed:
-        print(f"pyg-vig: error: {failed} of {len(paths) + len(problems)} input(s) could not be "
+        print(f"pyg-vig: error: {failed} of {len(paths) + empty} input(s) could not be "
               "read", file=sys.stderr)
         return 2
     return 0

@@ -156,11 +156,29 @@ class ImageTransform:
                 f"std={self.std.flatten().tolist()})")
 
 
-def resolve_data_config(source: Any) -> dict:
+def resolve_data_config(source: Any = None, pretrained_cfg: dict | None = None,
+                        model: Any = None) -> dict:
     """``input_size``, ``crop_pct``, ``interpolation``, ``mean``, ``std`` of a model (its
     ``pretrained_cfg``), of a configuration dict, or of a :class:`~pyg_vig.train.TrainConfig`
     (a trained run: its image size and data statistics, no border cut).
+
+    timm's call ``resolve_data_config(args, model=model)`` (or ``pretrained_cfg=``) works too:
+    the model (or configuration) gives the values and the entries of the ``args`` dict that
+    are set override them.
     """
+    base = model if model is not None else pretrained_cfg
+    if base is None:
+        if source is None:
+            raise TypeError("resolve_data_config needs a model, a pretrained_cfg dict or a "
+                            "TrainConfig")
+        return _resolve_data_config(source)
+    cfg = _resolve_data_config(base)
+    if isinstance(source, dict):  # timm's ``args``: settings given explicitly win
+        cfg.update({k: v for k, v in source.items() if k in cfg and v is not None})
+    return cfg
+
+
+def _resolve_data_config(source: Any) -> dict:
     if hasattr(source, "image_size") and hasattr(source, "in_chans") and hasattr(source, "mean"):
         c, s = int(source.in_chans), int(source.image_size)  # a TrainConfig
         crop_pct, interpolation = 1.0, "bilinear"
@@ -184,12 +202,39 @@ def resolve_data_config(source: Any) -> dict:
                 interpolation=str(cfg.get("interpolation", "bicubic")), mean=mean, std=std)
 
 
-def create_transform(source: Any = None, **overrides) -> ImageTransform:
+# timm.data's defaults (DEFAULT_CROP_PCT, IMAGENET_DEFAULT_MEAN/STD), for a call without a model
+_TIMM_DEFAULTS = dict(crop_pct=0.875, interpolation="bilinear", mean=(0.485, 0.456, 0.406),
+                      std=(0.229, 0.224, 0.225))
+
+
+def create_transform(source: Any = None, *, is_training: bool = False,
+                     crop_mode: str | None = None, **overrides) -> ImageTransform:
     """The evaluation transform of a model / ``pretrained_cfg`` / ``TrainConfig`` (see
     :func:`resolve_data_config`); keyword arguments override single fields.
+
+    The keywords of ``timm.data.create_transform`` for evaluation work as there, so
+    ``create_transform(**timm.data.resolve_model_data_config(model))`` gives timm's transform:
+    ``input_size`` may be an int (a square image, 3 channels unless ``mean`` has one) or
+    ``(C, H, W)`` (also as ``source``), ``crop_mode`` must be ``"center"`` and ``is_training``
+    :obj:`False` (training augmentation is ``timm.data.create_transform(is_training=True)``);
+    without a model the fields left out take timm's defaults (crop 0.875, bilinear, ImageNet
+    mean and std).
     """
-    cfg = resolve_data_config(source) if source is not None else {}
+    if is_training:
+        raise ValueError("pyg_vig.datasets.create_transform is the evaluation transform; for "
+                         "training augmentation use timm.data.create_transform(..., "
+                         "is_training=True)")
+    if crop_mode not in (None, "center"):
+        raise ValueError(f"crop_mode={crop_mode!r} is not supported: this evaluation transform "
+                         "resizes and takes the centre crop (crop_mode='center')")
+    if isinstance(source, (int, tuple, list)):  # timm's first argument: input_size
+        source, overrides = None, {"input_size": source, **overrides}
+    cfg = resolve_data_config(source) if source is not None else dict(_TIMM_DEFAULTS)
     cfg.update(overrides)
+    size = cfg.get("input_size")
+    if isinstance(size, int) or (isinstance(size, (tuple, list)) and len(size) == 2):
+        c = len(cfg.get("mean", (0.5,) * 3))
+        cfg["input_size"] = (c, size, size) if isinstance(size, int) else (c, *size)
     return ImageTransform(**cfg)
 
 

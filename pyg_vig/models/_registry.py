@@ -208,7 +208,8 @@ def _fit_cfg_to_model(cfg: dict, model: nn.Module) -> dict:
 def create_model(name: str, pretrained: bool = False, *, num_classes: int | None = None,
                  pretrained_cfg: dict | None = None, pretrained_cfg_overlay: dict | None = None,
                  checkpoint: str | Path | None = None, features_only: bool = False,
-                 out_indices: Sequence[int] | None = None, **overrides) -> nn.Module:
+                 out_indices: Sequence[int] | None = None,
+                 checkpoint_path: str | Path | None = None, **overrides) -> nn.Module:
     """Build a registered ViG model, optionally loading weights (timm's ``create_model``).
 
     .. code-block:: python
@@ -233,11 +234,18 @@ def create_model(name: str, pretrained: bool = False, *, num_classes: int | None
             ours (``.safetensors`` or torch file); it must fit exactly.
         features_only (bool): return a feature-pyramid backbone (pyramid models).
         out_indices (sequence of int, optional): stages returned with ``features_only``.
+        checkpoint_path (str or Path, optional): timm's name for ``checkpoint``, so that the
+            keywords of ``timm.create_model`` work here too; give one of the two.
         **overrides: constructor arguments such as ``conv`` (``"mr"``, ``"edge"``, ``"gin"``,
             ``"sage"`` or a PyG conv factory), ``k``, ``heads``, ``use_dilation``,
             ``stochastic``, ``epsilon``, ``drop_path_rate``, ``relative_pos``, ``backend``,
             ``in_chans``, ``img_size``.
     """
+    if checkpoint_path is not None:
+        if checkpoint is not None:
+            raise ValueError("give the weights file once: checkpoint= or timm's checkpoint_path="
+                             f", not both ({checkpoint!s} and {checkpoint_path!s})")
+        checkpoint = checkpoint_path
     canonical = resolve_name(name)
     tag = name.partition(".")[2] or None
     kwargs = _normalise_overrides(overrides)

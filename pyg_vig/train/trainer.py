@@ -349,6 +349,15 @@ class Trainer:
         dist.all_reduce(t)
         return t.tolist()
 
+    def _check_image_size(self) -> None:
+        """Refuse an image size the model cannot take (too few nodes for k) before any writing."""
+        size, check = self.cfg.image_size, getattr(self.model, "_check_size", None)
+        if size and check is not None:
+            try:
+                check(int(size), int(size))
+            except NotImplementedError:  # a model without a size rule
+                pass
+
     def fit(self) -> dict[str, Any]:
         """Train (or continue training) to ``cfg.epochs``; returns the final summary."""
         cfg, dev = self.cfg, self.dist.device
@@ -356,6 +365,7 @@ class Trainer:
         seed_all(cfg.seed + self.dist.rank)
         self._build_data()
         self._build_model()
+        self._check_image_size()  # before the run folder exists: a refused size leaves nothing
         self.global_step, self.history, self._last_eval = 0, [], None
         start_epoch, start_step = 0, 0
         if self.resume:
