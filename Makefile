@@ -63,7 +63,7 @@ detect-demo: $(VENV)/.extras ops
 	$(PY) -m torch.distributed.run --standalone --nproc_per_node=2 -m pyg_vig detect train --demo
 
 test: $(VENV)/.cluster ops
-	PYG_VIG_REQUIRE_OPS=1 $(PY) -m pytest -q tests; rc=$$?; \
+	PYG_VIG_REQUIRE_OPS=1 $(PY) -m pytest -q --durations=20 tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 lint: $(VENV)/.extras
