@@ -29,7 +29,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         "--demo",
         action="store_true",
         help="the `make demo` recipe: small pyramid ViG on the embedded Fashion-MNIST subset, "
-        "~6 min on 2 CPU cores, also scored on the full test set when dataset-fashion-mnist is "
+        "~7 min of training on 2 CPU cores, also scored on the full test set when "
+        "dataset-fashion-mnist is "
         "installed (or --full-test names it); its settings replace the defaults below, explicit "
         "flags still win",
     )

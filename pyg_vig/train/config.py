@@ -137,7 +137,7 @@ class TrainConfig:
 
 # What `pyg-vig train --demo` (and `make demo`) runs: the 3-stage pyramid pvig_mini as registered,
 # 8 epochs at batch 96 with a high learning rate and light regularisation, the test split scored
-# every 2 epochs (trial runs in docs/training.md: about 5.5 min on 2 CPU cores, 0.90+ on the full
+# every 2 epochs (trial runs in docs/training.md: about 7 min on 2 CPU cores, 0.90+ on the full
 # Fashion-MNIST test set; heavier augmentation underfits in so few epochs).
 DEMO_CONFIG: dict[str, Any] = dict(
     model="pvig_mini",
