@@ -13,7 +13,8 @@ from pyg_vig.data.grid import GridLayout
 from pyg_vig.nn.conv import CONVS
 from pyg_vig.nn.drop import DropPath
 from pyg_vig.nn.knn import LowRankBias, grid_knn_graph, knn_graph, resolve_backend
-from pyg_vig.nn.linear import LinearBN, get_act
+from pyg_vig.nn.linear import LinearBN, can_fold, folded_linear_params, get_act
+from pyg_vig.ops.rows import feed_forward
 
 __all__ = ["Grapher", "FFN", "ViGBlock", "RELATIVE_POS_MODES"]
 
@@ -289,6 +290,11 @@ class FFN(nn.Module):
 
     def forward(self, x: Tensor, batch: Tensor | None = None, layout: GridLayout | None = None
                 ) -> Tensor:
+        if not self.training and can_fold(self.fc1) and can_fold(self.fc2):
+            # Inference: BatchNorm folded, activation fused, rows in cache-sized chunks.
+            w1, b1 = folded_linear_params(self.fc1[0].weight, self.fc1[0].bias, self.fc1[1])
+            w2, b2 = folded_linear_params(self.fc2[0].weight, self.fc2[0].bias, self.fc2[1])
+            return feed_forward(x, w1, b1, self.act, w2, b2, shortcut=x)
         shortcut = x
         x = self.fc2(self.act(self.fc1(x)))
         x = self.drop_path(x, *_graph_assignment(x, batch, layout, self.drop_path, self.training))

@@ -12,8 +12,10 @@ from einops import rearrange
 from torch import Tensor
 from torch.nn.parameter import UninitializedParameter
 
+from pyg_vig.ops.rows import chunk_rows
+
 __all__ = ["LinearBN", "MultiHeadLinear", "MultiHeadUpdate", "get_act", "ACTIVATIONS",
-           "folded_linear_params", "grouped_linear", "can_fold"]
+           "folded_linear_params", "grouped_linear", "can_fold", "interleave"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "gelu": nn.GELU,
@@ -34,6 +36,11 @@ def get_act(act: str | Callable[[], nn.Module] | None) -> nn.Module:
             raise ValueError(f"unknown activation {act!r}; choose one of {sorted(ACTIVATIONS)}")
         return ACTIVATIONS[act.lower()]()
     return act()
+
+
+def interleave(x: Tensor, m: Tensor) -> Tensor:
+    """``[N, C]``, ``[N, C]`` → ``[N, 2C]`` with channels ``x_0, m_0, x_1, m_1, ...``."""
+    return rearrange(torch.stack([x, m], dim=-1), "... c two -> ... (c two)")
 
 
 def grouped_linear(x: Tensor, weight: Tensor, bias: Tensor | None, heads: int) -> Tensor:
@@ -199,13 +206,30 @@ class MultiHeadUpdate(nn.Sequential):
         """Input channels (``-1`` until a lazy update has seen its first input)."""
         return self[0].in_channels
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self[0].is_lazy or x.size(-1) != self[0].in_channels:
-            self[0].materialize(x.size(-1))  # sizes a lazy update; else a clear error
+    def forward(self, x: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+        """Args: ``x`` ``[..., in_channels]``, or a pair ``(x, m)`` of ``[M, in_channels / 2]``
+        tensors that stands for their interleaving ``x_0, m_0, x_1, m_1, ...`` (the input of
+        the max-relative update), which inference on many nodes then never builds whole.
+        """
+        pair = isinstance(x, tuple)
+        channels = 2 * x[0].size(-1) if pair else x.size(-1)
+        if self[0].is_lazy or channels != self[0].in_channels:
+            self[0].materialize(channels)  # sizes a lazy update; else a clear error
         if can_fold(self):
             lin = self[0]
             w, b = folded_linear_params(lin.weight, lin.bias, self[1])
-            return self[2](grouped_linear(x, w, b, lin.heads))
+            rows = chunk_rows(x[0] if pair else x, max(channels, self.out_channels))
+            if rows is None or rows >= (x[0] if pair else x).size(0):
+                return self[2](grouped_linear(interleave(*x) if pair else x, w, b, lin.heads))
+            # Inference on many nodes: the same maths in cache-sized row chunks.
+            out = b.new_empty(x[0].size(0) if pair else x.size(0), self.out_channels)
+            for s in range(0, out.size(0), rows):
+                xs = interleave(x[0][s : s + rows], x[1][s : s + rows]) if pair \
+                    else x[s : s + rows]
+                out[s : s + rows] = self[2](grouped_linear(xs, w, b, lin.heads))
+            return out
+        if pair:
+            x = interleave(*x)
         if x.dim() > 2:  # e.g. per-edge inputs (N, k, C): BatchNorm1d wants (M, C)
             return super().forward(x.reshape(-1, x.size(-1))).view(*x.shape[:-1], -1)
         return super().forward(x)

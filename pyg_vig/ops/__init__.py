@@ -4,6 +4,9 @@ r"""Compiled CPU operators with pure-torch fallbacks.
   ``torch.topk`` step of the dense k-NN backend), with bit-identical distances and indices.
 * :func:`gather_segment_reduce`: fused ``x[src]`` gather and sum/mean/max/min reduction over a
   target-sorted (CSR) graph, i.e. message passing with message :math:`x_j`, with autograd.
+* :func:`linear_act` / :func:`feed_forward`: a linear map with its activation fused (oneDNN's
+  kernel, shipped with PyTorch) and row-chunked node-wise MLPs for inference (see
+  :mod:`pyg_vig.ops.rows`); :func:`fused_linear_for` decides where the fused kernel runs.
 
 Every operator takes ``impl="auto" | "cpp" | "torch"``. The C++ kernels are registered with
 :mod:`torch.library` in the ``pyg_vig`` namespace (``torch.ops.pyg_vig.*``) together with fake
@@ -31,10 +34,12 @@ from pyg_vig.ops._build import (
     build_error,
     compiled_for,
     default_impl,
+    fused_linear_for,
     library_path,
     load,
 )
 from pyg_vig.ops.knn import knn_select
+from pyg_vig.ops.rows import feed_forward, linear_act
 from pyg_vig.ops.segment import REDUCES, gather_segment_reduce
 
 __all__ = [
@@ -46,8 +51,11 @@ __all__ = [
     "build_error",
     "compiled_for",
     "default_impl",
+    "feed_forward",
+    "fused_linear_for",
     "gather_segment_reduce",
     "knn_select",
     "library_path",
+    "linear_act",
     "load",
 ]

@@ -23,6 +23,7 @@ If the build fails (no compiler, no ninja, an unwritable cache), one warning giv
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sys
@@ -207,6 +208,25 @@ def compiled_for(tensor) -> bool:
     if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
         return False
     return available()
+
+
+@functools.cache
+def _has_fused_linear() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def fused_linear_for(tensor) -> bool:
+    """The one place that decides whether library code runs oneDNN's fused linear + activation
+    kernel (``torch.ops.mkldnn._linear_pointwise``, shipped with PyTorch) on ``tensor``: a CPU
+    float32 tensor in eager mode (not under :func:`torch.compile` / :func:`torch.export` or
+    ONNX export) of a PyTorch built with oneDNN. Whether a gradient is wanted is the caller's
+    check (the kernel has none).
+    """
+    if tensor.device.type != "cpu" or tensor.dtype != torch.float32:
+        return False
+    if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        return False
+    return _has_fused_linear()
 
 
 def default_impl(tensor) -> str:

@@ -12,7 +12,7 @@ included, since its formula uses the weight shape ``(C_out, C_in / groups, *kern
 adds the leaves it leaves at zero:
 
 * matrix-vector and vector products: ``mv``, ``addmv``, ``dot``, ``vdot``, ``addr``, ``addbmm``;
-* fused linear + activation: ``_addmm_activation``;
+* fused linear + activation: ``_addmm_activation`` and oneDNN's ``mkldnn._linear_pointwise``;
 * distance matrices behind :func:`torch.cdist`: ``_euclidean_dist`` and ``_cdist_forward``
   (``N * M * C`` MACs for ``N`` queries, ``M`` keys and ``C`` channels, the same as the
   ``x @ y.T`` of an explicit k-NN distance);
@@ -176,6 +176,11 @@ _MAC_FORMULAS: dict[Any, Callable[..., int]] = {
     aten._native_multi_head_attention: _native_mha,
     aten._transformer_encoder_layer_fwd: _encoder_layer,
 }
+if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+    # oneDNN's fused linear + activation (pyg_vig.ops.linear_act in CPU inference):
+    # x (..., K) @ W(N, K)^T.
+    _MAC_FORMULAS[torch.ops.mkldnn._linear_pointwise] = (
+        lambda x, w, *args, **kwargs: x.numel() // x.shape[-1] * w.shape[0] * w.shape[1])
 if aten._scaled_dot_product_flash_attention_for_cpu not in flop_registry:
     _MAC_FORMULAS[aten._scaled_dot_product_flash_attention_for_cpu] = _sdpa
 

@@ -119,6 +119,23 @@ def test_nan_features_are_nobodys_neighbour():
         assert {e for e in edges(out) if e[1] != 7} == expected
 
 
+@pytest.mark.parametrize("backend", ["dense", "torch"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_keys_are_nobodys_neighbour(backend, bad):
+    # Without normalisation an infinite feature gives infinite / NaN distances; as a key it
+    # must be the farthest of all (also in a bipartite graph and on both selection paths).
+    torch.manual_seed(2)
+    x, y = torch.randn(30, 4), torch.randn(25, 4)
+    y[3, 1] = bad
+    for kw in ({"normalize": False}, {"normalize": True}):
+        out = knn_graph(x, 4, y=y, backend=backend, **kw)
+        assert not (out[0] == 3).any()
+        keep = torch.arange(25) != 3
+        clean = knn_graph(x, 4, y=y[keep], backend=backend, **kw)
+        mapping = torch.arange(25)[keep]
+        assert {(int(mapping[j]), int(i)) for j, i in edges(clean)} == set(edges(out))
+
+
 def test_duplicates_keep_self_edge_with_loop():
     x = torch.randn(10, 3)
     x[5] = x[4]

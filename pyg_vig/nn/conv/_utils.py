@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-from einops import rearrange
 from torch import Tensor
 from torch_geometric import EdgeIndex
 from torch_geometric.nn import MessagePassing
 
 from pyg_vig.nn.edge_index import regular_degree  # noqa: F401 (re-exported for the convs)
+from pyg_vig.nn.linear import interleave  # noqa: F401 (re-exported for the convs)
 from pyg_vig.nn.reduce import (  # noqa: F401 (to_target_sorted is re-exported for the convs)
     neighbor_reduce,
     reduce_edges,
@@ -141,11 +141,6 @@ def relative_to_target(conv: MessagePassing, agg: Tensor, x_dst: Tensor, edge_in
     # agg - w * x_i in one pass; an empty neighbourhood has agg = 0 and w = 0
     w = deg if conv.aggr in ("sum", "add") else (deg > 0).to(x_dst.dtype)
     return torch.addcmul(agg, x_dst, w, value=-1)
-
-
-def interleave(x: Tensor, m: Tensor) -> Tensor:
-    """``[N, C]``, ``[N, C]`` → ``[N, 2C]`` with channels ``x_0, m_0, x_1, m_1, ...``."""
-    return rearrange(torch.stack([x, m], dim=-1), "... c two -> ... (c two)")
 
 
 def update_repr(module, in_channels, out_channels, **extra) -> str:

@@ -15,7 +15,6 @@ from pyg_vig.nn.conv._utils import (
     check_inputs,
     for_propagate,
     fused_reduce,
-    interleave,
     relative_to_target,
     shared_channels,
     single_or_pair,
@@ -92,7 +91,7 @@ class MRConv(MessagePassing):
         # propagate_type: (x: PairTensor)
         m = self.propagate(for_propagate(self, edge_index, x), x=single_or_pair(x))
         if m.size(-1) == x[1].size(-1):  # one aggregation (a list concatenates several)
-            return self.nn(interleave(x[1], m))  # x_0, m_0, x_1, m_1, ... as the official code
+            return self.nn((x[1], m))  # x_0, m_0, x_1, m_1, ... as the official code
         return self.nn(torch.cat([x[1], m], dim=-1))
 
     def message(self, x_i: Tensor, x_j: Tensor) -> Tensor:
