@@ -18,6 +18,7 @@ model computes in eval mode (BatchNorm statistics, no drop-path).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -82,15 +83,25 @@ def export_program(model: nn.Module, example: Tensor | None = None, *,
     x = example if example is not None else example_input(model)
     if dynamic_batch and x.shape[0] < 2:
         x = torch.cat([x, x])  # a batch of 1 would be specialised to the constant 1
-    shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    with _explained("torch.export", model, dynamic_batch), torch.no_grad():
+        return torch.export.export(model, (x,), dynamic_shapes=_batch_shapes(dynamic_batch),
+                                   strict=False)
+
+
+def _batch_shapes(dynamic_batch: bool) -> tuple | None:
+    return ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+
+
+@contextlib.contextmanager
+def _explained(what: str, model: nn.Module, dynamic_batch: bool):
+    """Turn an exporter's failure into one RuntimeError that says what to try."""
     try:
-        with torch.no_grad():
-            return torch.export.export(model, (x,), dynamic_shapes=shapes, strict=False)
+        yield
     except Exception as e:  # torch.export raises many types (UserError, GuardOnDataDependent...)
         first = " ".join(str(e).split())[:400]
         hint = (" A static batch may still export: pass dynamic_batch=False "
                 "(pyg-vig export --static-batch)." if dynamic_batch else "")
-        raise RuntimeError(f"torch.export failed for {type(model).__name__} "
+        raise RuntimeError(f"{what} failed for {type(model).__name__} "
                            f"({type(e).__name__}: {first}).{hint}") from e
 
 
@@ -170,15 +181,17 @@ def to_onnx(model: nn.Module, path: str | Path, example: Tensor | None = None, *
     x = example if example is not None else example_input(model)
     if dynamic_batch and x.shape[0] < 2:
         x = torch.cat([x, x])
-    program = export_program(model, x, dynamic_batch=dynamic_batch)
     kwargs: dict[str, Any] = dict(dynamo=True, input_names=["images"], output_names=["logits"],
-                                  verbose=False)
+                                  verbose=False, dynamic_shapes=_batch_shapes(dynamic_batch))
     if opset is not None:
         kwargs["opset_version"] = opset
     meta = export_metadata(model, classes, data_config)
     tmp = _atomic_target(path)
     try:
-        onnx_program = torch.onnx.export(program, (x,), **kwargs)
+        # The model itself, not a torch.export program: while torch.onnx traces it, the k-NN
+        # takes its ONNX formulation (pyg_vig.nn.knn: one GEMM of augmented features).
+        with _explained("ONNX export", model, dynamic_batch), torch.no_grad():
+            onnx_program = torch.onnx.export(model, (x,), **kwargs)
         onnx_program.model.metadata_props[METADATA_KEY] = json.dumps(meta)
         onnx_program.save(str(tmp))
         if verify:

@@ -63,6 +63,10 @@ class KNNEdgeIndex(EdgeIndex):
         out.k = k
         # The column pointer is known, so it is never computed (nor cached while tracing).
         out._indptr = torch.arange(N + 1, device=src.device) * k
+        if torch.onnx.is_in_onnx_export():
+            # Reductions read the sources from here, so that the exported graph does not build
+            # the [2, E] tensor only to take its first row (unused, the exporter drops it).
+            out._onnx_sources = src.reshape(-1)
         return out
 
 

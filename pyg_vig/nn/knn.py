@@ -147,7 +147,7 @@ def select_ranks(
 
 # --------------------------------------------------------------------------- dense backend
 def _dense_topk(xq: Tensor, xk: Tensor, kd: int, bias: Tensor | LowRankBias | None,
-                compiled: bool) -> Tensor:
+                compiled: bool, official_order: bool = False) -> Tensor:
     """``(B, n, C)``, ``(B, m, C)`` → ``(B, n, kd)`` nearest key indices, nearest first.
 
     With ``compiled`` the selection runs in :func:`pyg_vig.ops.knn_select`, which evaluates the
@@ -176,6 +176,8 @@ def _dense_topk(xq: Tensor, xk: Tensor, kd: int, bias: Tensor | LowRankBias | No
     per_chunk = m if torch.compiler.is_compiling() else B * m
     limit = _COMPILED_CHUNK_ELEMENTS if compiled else _CHUNK_ELEMENTS
     rows = max(1, limit // max(1, per_chunk))
+    if torch.onnx.is_in_onnx_export() and not official_order:
+        return _onnx_topk(xq, xk, xk_sq, kd, bias)
     out = []
     for s in range(0, n, rows):
         q = xq[:, s : s + rows]
@@ -192,6 +194,27 @@ def _dense_topk(xq: Tensor, xk: Tensor, kd: int, bias: Tensor | LowRankBias | No
             dist.add_(bias[s : s + rows].unsqueeze(0))
         out.append(torch.topk(dist.neg_(), kd, dim=-1).indices)
     return out[0] if len(out) == 1 else torch.cat(out, dim=1)
+
+
+def _onnx_topk(xq: Tensor, xk: Tensor, xk_sq: Tensor, kd: int,
+               bias: Tensor | LowRankBias | None) -> Tensor:
+    """The selection as an exported ONNX graph computes it: the largest scores
+    ``q.k - |k|^2 / 2 - bias / 2`` of every query, from one GEMM over features augmented with
+    the key norms (and a low-rank bias's factors). A score is ``(|q|^2 - distance) / 2``, so
+    each query ranks its keys as by distance (halving is exact; near-ties may round apart as
+    with any other GEMM), with four fewer passes over the ``(B, n, m)`` matrix than
+    ``dist.mul_(-2).add_(...)``.
+    """
+    q_parts = [xq, torch.ones_like(xq[..., :1])]
+    k_parts = [xk, xk_sq.transpose(1, 2) * -0.5]
+    if isinstance(bias, LowRankBias):  # bias = -(query @ key^T): score + query @ key^T / 2
+        B = xq.size(0)
+        q_parts.append(bias.query.expand(B, -1, -1))
+        k_parts.append((bias.key * 0.5).expand(B, -1, -1))
+    score = torch.bmm(torch.cat(q_parts, -1), torch.cat(k_parts, -1).transpose(1, 2))
+    if bias is not None and not isinstance(bias, LowRankBias):
+        score = score - bias * 0.5
+    return torch.topk(score, kd, dim=-1).indices
 
 
 def _may_hold(mask: Tensor) -> bool:
@@ -331,6 +354,7 @@ def knn_index(
     normalize: bool = True,
     backend: str = "auto",
     loop: bool = True,
+    official_order: bool = False,
 ) -> Tensor:
     r"""Dilated k-NN on batches of equally sized graphs, the dense layout of the official code.
 
@@ -347,6 +371,11 @@ def knn_index(
         loop (bool): without ``xk``, whether a node may be its own neighbour. With
             ``loop=False`` the ``k * dilation`` candidates are the nearest nodes other than
             the query itself (needs ``n > k * dilation``).
+        official_order (bool): evaluate the distances in the official operation order in an
+            exported ONNX graph too. Eager runs always do (the compiled selection and the
+            torch path alike); an ONNX graph otherwise ranks keys by ``q.k - |k|^2 / 2 -
+            bias / 2`` from one GEMM of augmented features (the same ranking, fewer passes;
+            a tie of a few ulps may resolve the other way).
 
     Distances and the selection run in at least float32 whatever the autocast state or the
     input precision. With the dense backends a node with a NaN feature is never anybody's
@@ -367,14 +396,14 @@ def knn_index(
             xk = xq
         kd = k * dilation
         if not loop and xk is xq:
-            idx = _drop_self(_knn_candidates(xq, xk, kd + 1, bias, backend))
+            idx = _drop_self(_knn_candidates(xq, xk, kd + 1, bias, backend, official_order))
         else:
-            idx = _knn_candidates(xq, xk, kd, bias, backend)
+            idx = _knn_candidates(xq, xk, kd, bias, backend, official_order)
         return select_ranks(idx, k, dilation, stochastic, epsilon)
 
 
 def _knn_candidates(xq: Tensor, xk: Tensor, kd: int, bias: BiasLike | None,
-                    backend: str) -> Tensor:
+                    backend: str, official_order: bool = False) -> Tensor:
     """``(B, n, kd)`` nearest keys, nearest first."""
     if backend in ("dense", "torch"):
         if isinstance(bias, LowRankBias):
@@ -382,7 +411,8 @@ def _knn_candidates(xq: Tensor, xk: Tensor, kd: int, bias: BiasLike | None,
                                bias.key.to(xq.device, xq.dtype))
         elif bias is not None:
             bias = bias.to(device=xq.device, dtype=xq.dtype)
-        return _dense_topk(xq, xk, kd, bias, _use_compiled_select(xq, backend))
+        return _dense_topk(xq, xk, kd, bias, _use_compiled_select(xq, backend),
+                           official_order)
     if bias is not None and not isinstance(bias, LowRankBias):
         raise ValueError(
             f"the {backend!r} k-NN backend cannot apply a dense bias table (it only "

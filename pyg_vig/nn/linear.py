@@ -59,6 +59,26 @@ def grouped_linear(x: Tensor, weight: Tensor, bias: Tensor | None, heads: int) -
     return out.reshape(*lead, out.size(-1))
 
 
+# Up to this many channels per input of the pair, the ONNX graph runs the grouped update of an
+# (x, m) pair as two dense GEMMs with block-diagonal weights (see _pair_linear_dense).
+_ONNX_DENSE_MAX = 128
+
+
+def _pair_linear_dense(x: Tensor, m: Tensor, weight: Tensor, bias: Tensor | None, heads: int
+                       ) -> Tensor:
+    """``grouped_linear(interleave(x, m), weight, bias, heads)`` as one dense GEMM of
+    ``[x, m]`` with ``[Wx, Wm]``, where ``Wx`` and ``Wm`` are block-diagonal (the even and odd
+    input columns of each head). ``heads`` times the multiply-adds of the grouped form, which
+    for the few channels of the first stages costs less in ONNX Runtime than the interleave,
+    transposes and bias pass around a batched MatMul (measured for 50,176 x 48 inputs: 8.7 ms
+    against 20 ms; the same maths, float sums in another order).
+    """
+    out_per_head = weight.size(0) // heads
+    wx = torch.block_diag(*weight[:, 0::2].split(out_per_head))  # (O, C)
+    wm = torch.block_diag(*weight[:, 1::2].split(out_per_head))
+    return F.linear(torch.cat([x, m], -1), torch.cat([wx, wm], 1), bias)
+
+
 def folded_linear_params(weight: Tensor, bias: Tensor | None, bn: nn.Module
                          ) -> tuple[Tensor, Tensor]:
     """Weight and bias of ``bn(linear(x))`` as one linear map (``bn`` in eval mode)."""
@@ -218,6 +238,8 @@ class MultiHeadUpdate(nn.Sequential):
         if can_fold(self):
             lin = self[0]
             w, b = folded_linear_params(lin.weight, lin.bias, self[1])
+            if pair and torch.onnx.is_in_onnx_export() and x[0].size(-1) <= _ONNX_DENSE_MAX:
+                return self[2](_pair_linear_dense(x[0], x[1], w, b, lin.heads))
             rows = chunk_rows(x[0] if pair else x, max(channels, self.out_channels))
             if rows is None or rows >= (x[0] if pair else x).size(0):
                 return self[2](grouped_linear(interleave(*x) if pair else x, w, b, lin.heads))

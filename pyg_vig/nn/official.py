@@ -165,7 +165,7 @@ class OfficialGrapher(Grapher):
             idx = knn_index(_normalize(x, B), None if y is None else _normalize(y, B), self.k,
                             dilation=self.dilation, bias=bias, epsilon=self.epsilon,
                             stochastic=self.stochastic and self.training, normalize=False,
-                            backend=self.backend)
+                            backend=self.backend, official_order=True)
             keys = x if y is None else y
             edge_index = KNNEdgeIndex.from_sources(batched_sources(idx, keys.size(0) // B),
                                                    keys.size(0))

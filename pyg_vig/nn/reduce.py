@@ -124,7 +124,8 @@ def neighbor_reduce(x: Tensor, edge_index: EdgeIndex, reduce: str, impl: str = "
 
         return ops.gather_segment_reduce(x, ei[0], edge_index.get_indptr(), reduce, impl="auto")
     k = regular_degree(edge_index)
-    x_j = x.index_select(0, ei[0])
+    src = getattr(edge_index, "_onnx_sources", None) if k is not None else None
+    x_j = x.index_select(0, ei[0] if src is None else src)
     if k is not None:
         return reduce_regular(x_j, k, reduce)
     from torch_geometric.utils import scatter

@@ -123,13 +123,21 @@ def test_onnx_dynamic_batch(name, tmp_path):
 def test_onnx_equals_eager_on_official_fixtures(name, tmp_path):
     import onnxruntime as ort
 
+    from pyg_vig.nn import to_official_numerics
+
+    # The default model's ONNX graph ranks k-NN keys by another float formula (one GEMM of
+    # augmented features): a neighbour tied to a few ulps may flip (this fixture has gaps of
+    # 2.4e-7), within to_onnx's tolerance. The official-numerics twin exports the official
+    # operation order: its ONNX graph equals it to float noise.
     model, _ = _official_model(name)
+    twin = to_official_numerics(_official_model(name)[0])
     x = _fixture_input()
-    path = tmp_path / "model.onnx"
-    torch.onnx.export(model, (x,), str(path), dynamo=True,
-                      dynamic_shapes={"x": {0: Dim("batch")}})
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for xb in (x, x[1:]):
-        out = session.run(None, {session.get_inputs()[0].name: xb.numpy()})[0]
-        with torch.no_grad():
-            assert _rel(torch.from_numpy(out), model(xb)) <= 1e-5
+    for net, tolerance in ((model, 1e-3), (twin, 1e-5)):
+        path = tmp_path / "model.onnx"
+        torch.onnx.export(net, (x,), str(path), dynamo=True,
+                          dynamic_shapes={"x": {0: Dim("batch")}})
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for xb in (x, x[1:]):
+            out = session.run(None, {session.get_inputs()[0].name: xb.numpy()})[0]
+            with torch.no_grad():
+                assert _rel(torch.from_numpy(out), net(xb)) <= tolerance

@@ -1,0 +1,92 @@
+"""The ONNX Runtime-friendly formulation that the ONNX graph takes (pyg_vig.nn.knn._onnx_topk,
+pyg_vig.nn.linear._pair_linear_dense, pos_embed.cached_official_factors): same results as the
+eager formulation."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pyg_vig.nn import pos_embed
+from pyg_vig.nn.knn import LowRankBias, _dense_topk, _onnx_topk
+from pyg_vig.nn.linear import _pair_linear_dense, grouped_linear, interleave
+
+
+def _keys_and_norms(B=3, n=40, m=25, C=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xq = F.normalize(torch.randn(B, n, C, generator=g), dim=-1)
+    xk = F.normalize(torch.randn(B, m, C, generator=g), dim=-1)
+    return xq, xk
+
+
+def _onnx(xq, xk, kd, bias):
+    xk_sq = (xk * xk).sum(-1)
+    bad = ~torch.isfinite(xk_sq)
+    xk = torch.where(bad.unsqueeze(-1), torch.zeros(()), xk)
+    xk_sq = xk_sq.masked_fill(bad, float("inf")).unsqueeze(1)
+    return _onnx_topk(xq, xk, xk_sq, kd, bias)
+
+
+@pytest.mark.parametrize("bias_kind", [None, "dense", "low_rank"])
+def test_onnx_scores_rank_keys_as_distances(bias_kind):
+    xq, xk = _keys_and_norms()
+    bias = None
+    if bias_kind == "dense":
+        bias = torch.randn(40, 25) * 0.1
+    elif bias_kind == "low_rank":
+        bias = LowRankBias(torch.randn(40, 4) * 0.3, torch.randn(25, 4) * 0.3)
+    ref = _dense_topk(xq, xk, 7, bias, compiled=False)
+    assert torch.equal(_onnx(xq, xk, 7, bias), ref)  # random data: no near-ties to round apart
+
+
+def test_onnx_scores_keep_non_finite_keys_farthest():
+    xq, xk = _keys_and_norms()
+    xk[1, 4, 2] = float("nan")
+    xk[2, 9, 0] = float("inf")
+    out = _onnx(xq, xk, 24, None)  # all keys but one: the bad key must be the one left out
+    assert not (out[1] == 4).any() and not (out[2] == 9).any()
+    assert torch.equal(out[0], _dense_topk(xq[:1], xk[:1], 24, None, compiled=False)[0])
+
+
+@pytest.mark.parametrize("channels,heads", [(8, 4), (12, 2), (16, 1)])
+def test_pair_linear_dense_equals_grouped_interleaved(channels, heads):
+    torch.manual_seed(1)
+    x, m = torch.randn(30, channels), torch.randn(30, channels)
+    out = 2 * channels
+    w, b = torch.randn(out, 2 * channels // heads), torch.randn(out)
+    ref = grouped_linear(interleave(x, m), w, b, heads)
+    torch.testing.assert_close(_pair_linear_dense(x, m, w, b, heads), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("grid,dim,r", [((8, 8), 16, 2), ((12, 10), 24, 2), ((7, 7), 32, 1),
+                                        ((16, 16), 8, 4)])
+def test_official_factors_rebuild_the_official_table(grid, dim, r):
+    table = pos_embed.cached_relative_position_bias(*grid, dim, r, "official")
+    q, k = pos_embed.cached_official_factors(*grid, dim, r)
+    assert q.shape == (grid[0] * grid[1], dim) and k.shape == (table.size(1), dim)
+    torch.testing.assert_close(-(q @ k.t()), table, rtol=0, atol=5e-7)
+
+
+def test_onnx_graph_shape(tmp_path):
+    # The exported pyramid graph: one TopK per Grapher fed by one MatMul (scores), no dense
+    # (N, M) table added, no [2, E] int64 edge tensor.
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    from pyg_vig.export import to_onnx
+    from pyg_vig.models import create_model
+
+    model = create_model("pvig_mini", img_size=32).eval()  # grids 16, 8, 4: the native ones
+    path = to_onnx(model, tmp_path / "m.onnx", torch.randn(2, 1, 32, 32), dynamic_batch=False,
+                   verify=False)
+    proto = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    nodes = proto.graph.node
+    graphers = sum(1 for n, _ in model.named_modules() if n.endswith(".grapher"))
+    assert sum(n.op_type == "TopK" for n in nodes) == graphers
+    producer = {o: n for n in nodes for o in n.output}
+    for n in nodes:
+        if n.op_type == "TopK":
+            assert producer[n.input[0]].op_type == "MatMul"  # the table is in the GEMM
+    int64_2e = [v.name for v in proto.graph.value_info
+                if v.type.tensor_type.elem_type == onnx.TensorProto.INT64
+                and len(v.type.tensor_type.shape.dim) == 2
+                and v.type.tensor_type.shape.dim[0].dim_value == 2]
+    assert int64_2e == []
