@@ -92,20 +92,21 @@ def export_ours(model: torch.nn.Module, x: torch.Tensor, path: str) -> tuple[Any
     The timed file is what a user of the package gets: ``pyg_vig.export.to_onnx(model, path,
     x, dynamic_batch=False)`` (a static batch, like the official export above; its own float32
     verification is off because it cannot tell rounding from a wrong graph on random weights,
-    see the module docstring). The graph returned for the float64 check is the unoptimised
-    ONNX translation of the same ``torch.export`` program (``pyg_vig.export.export_program``).
+    see the module docstring). The graph returned for the float64 check is the same
+    ``torch.onnx.export`` of the model before the exporter's optimisation pass (so it has the
+    ONNX formulation of the k-NN that the timed file has, see docs/export.md).
     Without ``pyg_vig.export``: :func:`export_onnx`.
     """
     try:
-        from pyg_vig.export import export_program, to_onnx
+        from pyg_vig.export import to_onnx
     except ImportError:
         return export_onnx(model, x, path), "torch.onnx.export"
     model.eval()
     with torch.no_grad():
         model(x)  # warm caches, as in export_onnx
     to_onnx(model, path, x, dynamic_batch=False, verify=False)
-    program = export_program(model, x, dynamic_batch=False)
-    check = torch.onnx.export(program, (x,), dynamo=True, optimize=False, verbose=False)
+    with torch.no_grad():
+        check = torch.onnx.export(model, (x,), dynamo=True, optimize=False, verbose=False)
     return check.model_proto, "pyg_vig.export.to_onnx"
 
 
