@@ -199,23 +199,6 @@ class Grapher(nn.Module):
                               str(device), dtype, *(self.relative_pos_grid or (None, None)))
         return self._build_bias(size, device, dtype)
 
-    def _knn_bias(self, size: tuple[int, int], device: torch.device, dtype: torch.dtype
-                  ) -> Tensor | LowRankBias | None:
-        """:meth:`relative_bias` as this Grapher's k-NN takes it. While :func:`torch.onnx.export`
-        traces, the official table at its own grid comes as its exact low-rank factors, which
-        the ONNX graph folds into its distance GEMM (:func:`pyg_vig.nn.knn.knn_index`) instead
-        of adding an ``N x M`` table (the same bias up to float32 rounding).
-        """
-        if torch.onnx.is_in_onnx_export() and self.relative_pos == "official" and \
-                self.relative_pos_grid in (None, tuple(size)):
-            from pyg_vig.nn import pos_embed
-
-            with _real_tensors():
-                return LowRankBias(*pos_embed.cached_official_factors(
-                    *size, self.channels, self.reduction, device=device,
-                    dtype=torch.promote_types(dtype, torch.float32)))
-        return self.relative_bias(size, device, dtype)
-
     def _build_bias(self, size: tuple[int, int], device: torch.device, dtype: torch.dtype
                     ) -> Tensor | LowRankBias:
         return _table(self.relative_pos, *size, self.channels, self.reduction, device, dtype,
@@ -245,7 +228,7 @@ class Grapher(nn.Module):
         else:
             edge_index = grid_knn_graph(
                 x, layout, self.k, y=y, layout_y=layout_y,
-                bias_fn=lambda s: self._knn_bias(s, x.device, x.dtype), **opts)
+                bias_fn=lambda s: self.relative_bias(s, x.device, x.dtype), **opts)
         if self.graph_transform is not None:
             edge_index = self.graph_transform(edge_index)
         return edge_index

@@ -244,11 +244,15 @@ class MultiHeadUpdate(nn.Sequential):
             if rows is None or rows >= (x[0] if pair else x).size(0):
                 return self[2](grouped_linear(interleave(*x) if pair else x, w, b, lin.heads))
             # Inference on many nodes: the same maths in cache-sized row chunks.
-            out = b.new_empty(x[0].size(0) if pair else x.size(0), self.out_channels)
-            for s in range(0, out.size(0), rows):
+            num_rows = (x[0] if pair else x).size(0)
+            out = None
+            for s in range(0, num_rows, rows):
                 xs = interleave(x[0][s : s + rows], x[1][s : s + rows]) if pair \
                     else x[s : s + rows]
-                out[s : s + rows] = self[2](grouped_linear(xs, w, b, lin.heads))
+                y = self[2](grouped_linear(xs, w, b, lin.heads))
+                if out is None:
+                    out = y.new_empty((num_rows, y.size(1)))
+                out[s : s + rows] = y
             return out
         if pair:
             x = interleave(*x)

@@ -419,39 +419,6 @@ def cached_resampled_official_bias(native_h: int, native_w: int, grid_h: int, gr
     return relative_position_cache.get(key, build)
 
 
-def _official_factors_cpu(grid_h: int, grid_w: int, dim: int, r: int) -> tuple[Tensor, Tensor]:
-    _check_dim(dim)
-    _check_grid(grid_h, grid_w, r)
-    num_keys = (grid_h // r) * (grid_w // r)
-    pos = sincos_2d(grid_h, grid_w, dim) * math.sqrt(2.0 / dim)  # (N, dim), float64
-    keys = pos
-    if r > 1:
-        # The official table resamples S = q q^T along its key axis (the flattened node index)
-        # with a linear bicubic map W, so S W^T = q (W q)^T: resample q's node axis the same way
-        # (the other axis keeps its size, which bicubic leaves exactly unchanged).
-        keys = F.interpolate(pos.t()[None, None], size=(dim, num_keys), mode="bicubic",
-                             align_corners=False)[0, 0].t()
-    return pos.float(), keys.float()
-
-
-def cached_official_factors(grid_h: int, grid_w: int, dim: int, r: int = 1, *, device=None,
-                            dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
-    """Low-rank factors ``(Pq, Pk)`` of the official table: ``-(Pq @ Pk.T)`` equals
-    ``relative_position_bias(..., mode="official")`` up to float32 rounding (about 1e-7; not bit
-    for bit, so the eager k-NN keeps the table itself). An exported ONNX graph folds them into
-    its distance GEMM instead of adding an ``N x M`` table. From :data:`relative_position_cache`
-    (read them, never modify them).
-    """
-    key = table_key("official-factors", grid_h, grid_w, dim, r, device, dtype)
-    device = key[-2]
-
-    def build():
-        q, k = _official_factors_cpu(int(grid_h), int(grid_w), int(dim), int(r))
-        return q.to(device=device, dtype=dtype), k.to(device=device, dtype=dtype)
-
-    return relative_position_cache.get(key, build)
-
-
 def cached_relative_position_factors(grid_h: int, grid_w: int, dim: int, r: int = 1, *,
                                      device=None, dtype: torch.dtype = torch.float32
                                      ) -> tuple[Tensor, Tensor]:

@@ -219,12 +219,14 @@ def fused_linear_for(tensor) -> bool:
     """The one place that decides whether library code runs oneDNN's fused linear + activation
     kernel (``torch.ops.mkldnn._linear_pointwise``, shipped with PyTorch) on ``tensor``: a CPU
     float32 tensor in eager mode (not under :func:`torch.compile` / :func:`torch.export` or
-    ONNX export) of a PyTorch built with oneDNN. Whether a gradient is wanted is the caller's
-    check (the kernel has none).
+    ONNX export, nor under CPU autocast) of a PyTorch built with oneDNN. Whether a gradient is
+    wanted is the caller's check (the kernel has none).
     """
     if tensor.device.type != "cpu" or tensor.dtype != torch.float32:
         return False
     if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        return False
+    if torch.is_autocast_enabled("cpu"):  # autocast would not cast the fused kernel's inputs
         return False
     return _has_fused_linear()
 

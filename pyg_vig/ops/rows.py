@@ -88,10 +88,13 @@ def linear_act(x: Tensor, weight: Tensor, bias: Tensor | None,
 
 def chunk_rows(x: Tensor, width: int) -> int | None:
     """Rows per chunk for row-wise work on ``x`` whose widest intermediate has ``width``
-    columns, or :obj:`None` where chunking does not pay (small inputs, autograd, tracing).
+    columns, or :obj:`None` where chunking does not pay or does not apply (small inputs, other
+    devices, autograd, autocast, tracing).
     """
     # Tracing first: a traced program keeps one shape-independent graph (no size guards).
     if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or torch.is_grad_enabled():
+        return None
+    if torch.is_autocast_enabled("cpu"):
         return None
     if x.dim() != 2 or x.device.type != "cpu" or x.size(0) * width < _MIN_CHUNKED:
         return None
@@ -110,9 +113,12 @@ def feed_forward(x: Tensor, w1: Tensor, b1: Tensor | None, act: nn.Module | None
     if rows is None or rows >= x.size(0):
         y = F.linear(linear_act(x, w1, b1, act, impl=impl), w2, b2)
         return y if shortcut is None else y + shortcut
-    out = x.new_empty(x.size(0), w2.size(0))
+    out = None
     for s in range(0, x.size(0), rows):
         y = F.linear(linear_act(x[s : s + rows], w1, b1, act, impl=impl), w2, b2)
+        if out is None:  # the unchunked result's dtype (autocast may make y reduced)
+            dtype = y.dtype if shortcut is None else torch.promote_types(y.dtype, shortcut.dtype)
+            out = y.new_empty((x.size(0), y.size(1)), dtype=dtype)
         if shortcut is None:
             out[s : s + rows] = y
         else:

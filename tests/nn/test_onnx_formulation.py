@@ -1,12 +1,10 @@
 """The ONNX Runtime-friendly formulation that the ONNX graph takes (pyg_vig.nn.knn._onnx_topk,
-pyg_vig.nn.linear._pair_linear_dense, pos_embed.cached_official_factors): same results as the
-eager formulation."""
+pyg_vig.nn.linear._pair_linear_dense): same results as the eager formulation."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pyg_vig.nn import pos_embed
 from pyg_vig.nn.knn import LowRankBias, _dense_topk, _onnx_topk
 from pyg_vig.nn.linear import _pair_linear_dense, grouped_linear, interleave
 
@@ -57,18 +55,9 @@ def test_pair_linear_dense_equals_grouped_interleaved(channels, heads):
     torch.testing.assert_close(_pair_linear_dense(x, m, w, b, heads), ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("grid,dim,r", [((8, 8), 16, 2), ((12, 10), 24, 2), ((7, 7), 32, 1),
-                                        ((16, 16), 8, 4)])
-def test_official_factors_rebuild_the_official_table(grid, dim, r):
-    table = pos_embed.cached_relative_position_bias(*grid, dim, r, "official")
-    q, k = pos_embed.cached_official_factors(*grid, dim, r)
-    assert q.shape == (grid[0] * grid[1], dim) and k.shape == (table.size(1), dim)
-    torch.testing.assert_close(-(q @ k.t()), table, rtol=0, atol=5e-7)
-
-
 def test_onnx_graph_shape(tmp_path):
-    # The exported pyramid graph: one TopK per Grapher fed by one MatMul (scores), no dense
-    # (N, M) table added, no [2, E] int64 edge tensor.
+    # The exported pyramid graph: one TopK per Grapher fed by the scores (one MatMul, then
+    # the official table subtracted), no [2, E] int64 edge tensor.
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
     from pyg_vig.export import to_onnx
@@ -84,7 +73,8 @@ def test_onnx_graph_shape(tmp_path):
     producer = {o: n for n in nodes for o in n.output}
     for n in nodes:
         if n.op_type == "TopK":
-            assert producer[n.input[0]].op_type == "MatMul"  # the table is in the GEMM
+            scores = producer[n.input[0]]
+            assert scores.op_type == "Sub" and producer[scores.input[0]].op_type == "MatMul"
     int64_2e = [v.name for v in proto.graph.value_info
                 if v.type.tensor_type.elem_type == onnx.TensorProto.INT64
                 and len(v.type.tensor_type.shape.dim) == 2

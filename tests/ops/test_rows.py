@@ -126,3 +126,22 @@ def test_multihead_update_pair_input(monkeypatch):
     torch.testing.assert_close(upd((x, m)), upd(interleave(x, m)))
     lazy = MultiHeadUpdate(-1, 24, heads=4)
     assert lazy((x, m)).shape == (77, 24) and lazy.in_channels == 16
+
+
+def test_autocast_keeps_the_unfused_unchunked_path(monkeypatch):
+    # Under CPU autocast the FFN must compute in bfloat16 as the plain modules do (the fused
+    # kernel would silently run in float32), chunked or not.
+    torch.manual_seed(4)
+    ffn = FFN(8, 32).eval()
+    x = torch.randn(200, 8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not ops.fused_linear_for(x)
+        ref = ffn.fc2(ffn.act(ffn.fc1(x))) + x
+        out = ffn(x)
+        _small_chunks(monkeypatch)
+        assert rows.chunk_rows(x, 32) is None
+        chunked = ffn(x)
+    assert out.dtype == ref.dtype and torch.equal(out, ref) and torch.equal(chunked, ref)
+    with torch.no_grad():
+        y = ops.feed_forward(x, torch.randn(32, 8), None, nn.GELU(), torch.randn(8, 32), None)
+    assert y.dtype == torch.float32
