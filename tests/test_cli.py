@@ -141,6 +141,17 @@ def test_python_m_entry_point():
     assert out.returncode == 0
     for cmd in ("train", "eval", "predict", "export", "graph"):
         assert cmd in out.stdout
+    # no third-party import noise (PyG's torch.jit.script FutureWarning) on every command
+    assert "torch.jit.script" not in out.stderr, out.stderr
+
+
+def test_import_hides_only_pygs_jit_notice_and_changes_no_filter():
+    code = ("import warnings; before = list(warnings.filters); import pyg_vig; "
+            "assert warnings.filters == before, 'a global warning filter changed'")
+    out = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True,
+                         text=True, cwd=REPO)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "torch.jit.script" not in out.stderr, out.stderr
 
 
 def test_predict_reports_bad_files_and_goes_on(trained, capsys, tmp_path):
