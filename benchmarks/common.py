@@ -184,7 +184,8 @@ def time_until_stable(
     device: torch.device | str = "cpu",
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, dict[str, float]]:
-    """Interleaved rounds (as :func:`time_interleaved`) until the timings settle.
+    """Interleaved rounds (as :func:`time_interleaved`, the order rotated by one every round)
+    until the timings settle.
 
     After at least ``window`` rounds, stop as soon as, for every function, the
     :func:`relative_spread` of its last ``window`` times is at most ``max_spread``; otherwise
@@ -202,8 +203,13 @@ def time_until_stable(
     sync(device)
     times: dict[str, list[float]] = {name: [] for name in fns}
     total, stable = 0.0, False
+    names = list(fns)
     while times:
-        for name, fn in fns.items():
+        # Rotate the order every round: a function timed right after a cache-trashing one
+        # (e.g. a KD-tree backend) would otherwise pay for it in every round.
+        shift = len(times[names[0]]) % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = fns[name]
             t0 = clock()
             fn()
             sync(device)
