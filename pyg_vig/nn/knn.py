@@ -170,14 +170,14 @@ def _dense_topk(xq: Tensor, xk: Tensor, kd: int, bias: Tensor | LowRankBias | No
         xk_sq = xk_sq.masked_fill(bad_k, float("inf"))
     xq = xk if same else xq
     xk_sq = xk_sq.unsqueeze(1)  # (B, 1, m)
+    if torch.onnx.is_in_onnx_export() and not official_order:
+        return _onnx_topk(xq, xk, xk_sq, kd, bias)
     # Traced programs (torch.export with a dynamic batch) must not depend on B: bound the
     # chunk per image there. The compiled selection reads each chunk once, right after the
     # bmm: a cache-sized chunk is faster there (and never a fresh multi-MB allocation).
     per_chunk = m if torch.compiler.is_compiling() else B * m
     limit = _COMPILED_CHUNK_ELEMENTS if compiled else _CHUNK_ELEMENTS
     rows = max(1, limit // max(1, per_chunk))
-    if torch.onnx.is_in_onnx_export() and not official_order:
-        return _onnx_topk(xq, xk, xk_sq, kd, bias)
     out = []
     for s in range(0, n, rows):
         q = xq[:, s : s + rows]

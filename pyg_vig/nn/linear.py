@@ -240,16 +240,18 @@ class MultiHeadUpdate(nn.Sequential):
             w, b = folded_linear_params(lin.weight, lin.bias, self[1])
             if pair and torch.onnx.is_in_onnx_export() and x[0].size(-1) <= _ONNX_DENSE_MAX:
                 return self[2](_pair_linear_dense(x[0], x[1], w, b, lin.heads))
-            rows = chunk_rows(x[0] if pair else x, max(channels, self.out_channels))
-            if rows is None or rows >= (x[0] if pair else x).size(0):
-                return self[2](grouped_linear(interleave(*x) if pair else x, w, b, lin.heads))
+            parts = x if pair else (x,)
+            num_rows = parts[0].size(0)
+            rows = chunk_rows(parts[0], max(channels, self.out_channels))
+            if rows is None or rows >= num_rows:
+                return self[2](grouped_linear(interleave(*parts) if pair else x, w, b,
+                                              lin.heads))
             # Inference on many nodes: the same maths in cache-sized row chunks.
-            num_rows = (x[0] if pair else x).size(0)
             out = None
             for s in range(0, num_rows, rows):
-                xs = interleave(x[0][s : s + rows], x[1][s : s + rows]) if pair \
-                    else x[s : s + rows]
-                y = self[2](grouped_linear(xs, w, b, lin.heads))
+                chunk = [p[s : s + rows] for p in parts]
+                y = self[2](grouped_linear(interleave(*chunk) if pair else chunk[0], w, b,
+                                           lin.heads))
                 if out is None:
                     out = y.new_empty((num_rows, y.size(1)))
                 out[s : s + rows] = y

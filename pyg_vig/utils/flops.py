@@ -35,6 +35,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
+from pyg_vig.ops._build import _has_fused_linear
+
 __all__ = ["count_macs", "count_params"]
 
 aten = torch.ops.aten
@@ -176,7 +178,7 @@ _MAC_FORMULAS: dict[Any, Callable[..., int]] = {
     aten._native_multi_head_attention: _native_mha,
     aten._transformer_encoder_layer_fwd: _encoder_layer,
 }
-if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+if _has_fused_linear():
     # oneDNN's fused linear + activation (pyg_vig.ops.linear_act in CPU inference):
     # x (..., K) @ W(N, K)^T.
     _MAC_FORMULAS[torch.ops.mkldnn._linear_pointwise] = (
