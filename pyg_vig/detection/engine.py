@@ -24,7 +24,6 @@ A run folder holds::
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import gc
 import json
@@ -40,7 +39,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from pyg_vig.train.config import ConfigError
+from pyg_vig.train.config import ConfigError, RunSettings
 from pyg_vig.train.distributed import DistInfo, init_distributed
 from pyg_vig.train.state import rng_state, seed_all, set_rng_state
 from pyg_vig.utils.checkpoint import atomic_save
@@ -62,7 +61,7 @@ MODELS = ("retinanet", "maskrcnn")
 
 
 @dataclass
-class DetectConfig:
+class DetectConfig(RunSettings):
     """Everything that defines a detection run (saved as the run folder's ``config.json``).
 
     The defaults are the paper's recipe; ``categories`` and ``num_classes`` come from the
@@ -102,30 +101,8 @@ class DetectConfig:
     num_classes: int | None = None
     categories: dict[str, str] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "config") -> DetectConfig:
-        """Build from a dict, rejecting unknown keys."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"{source}: unknown detection setting(s) {unknown}")
-        return cls(**d)
-
-    @classmethod
-    def load(cls, path: str | Path) -> DetectConfig:
-        """Read a run folder's ``config.json``."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"no config.json in {path.parent}: not a `pyg-vig detect train` "
-                              "run folder")
-        try:
-            d = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"cannot read {path}: {e}") from None
-        return cls.from_dict(d, str(path))
+    _KIND = "detection setting"
+    _NO_CONFIG = "no config.json in {folder}: not a `pyg-vig detect train` run folder"
 
     def steps(self) -> list[int]:
         """Epochs after which the learning rate drops: ``lr_steps``, or 2/3 and 11/12 of the run

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEMO_CONFIG", "RUNTIME_FIELDS", "ConfigError", "TrainConfig"]
+__all__ = ["DEMO_CONFIG", "RUNTIME_FIELDS", "ConfigError", "RunSettings", "TrainConfig"]
 
 
 class ConfigError(ValueError):
@@ -21,8 +21,43 @@ RUNTIME_FIELDS = frozenset(
 )
 
 
+class RunSettings:
+    """JSON round trip of a run's dataclass of settings (a run folder's ``config.json``), shared
+    by :class:`TrainConfig` and :class:`pyg_vig.detection.DetectConfig`. Subclasses name their
+    settings in messages (``_KIND``) and say what a folder without ``config.json`` is not.
+    """
+
+    _KIND = "setting"
+    _NO_CONFIG = "no config.json in run folder {folder}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON view."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config"):
+        """Build from a dict, rejecting unknown keys with a :class:`ConfigError`."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"{source}: unknown {cls._KIND}(s) {unknown}")
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | Path):
+        """Read a run folder's ``config.json``."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(cls._NO_CONFIG.format(folder=path.parent))
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"unreadable run config {path}: {e}") from None
+        return cls.from_dict(d, str(path))
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(RunSettings):
     """Hyper-parameters of a training run (the paper's Table 3 recipe, scaled to small data).
 
     ``None`` fields are filled from the data when the run starts (``num_classes``, ``in_chans``,
@@ -100,34 +135,9 @@ class TrainConfig:
         if bad:
             raise ConfigError("invalid setting(s): " + "; ".join(bad))
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON view."""
-        return dataclasses.asdict(self)
-
     def to_json(self) -> str:
         """JSON text, keys in declaration order."""
         return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "config") -> TrainConfig:
-        """Build from a dict, rejecting unknown keys with a :class:`ConfigError`."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"{source}: unknown setting(s) {unknown}")
-        return cls(**d)
-
-    @classmethod
-    def load(cls, path: str | Path) -> TrainConfig:
-        """Read a ``config.json``."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"no config.json in run folder {path.parent}")
-        try:
-            d = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"unreadable run config {path}: {e}") from None
-        return cls.from_dict(d, str(path))
 
     def differences(self, other: TrainConfig, ignore: frozenset[str] = RUNTIME_FIELDS) -> dict:
         """``{name: (self_value, other_value)}`` for the settings that differ."""
