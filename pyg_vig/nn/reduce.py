@@ -125,12 +125,36 @@ def neighbor_reduce(x: Tensor, edge_index: EdgeIndex, reduce: str, impl: str = "
         return ops.gather_segment_reduce(x, ei[0], edge_index.get_indptr(), reduce, impl="auto")
     k = regular_degree(edge_index)
     src = getattr(edge_index, "_onnx_sources", None) if k is not None else None
-    x_j = x.index_select(0, ei[0] if src is None else src)
+    if src is not None:
+        return _onnx_gather_reduce(x, src, k, reduce)
+    x_j = x.index_select(0, ei[0])
     if k is not None:
         return reduce_regular(x_j, k, reduce)
     from torch_geometric.utils import scatter
 
     return scatter(x_j, ei[1], 0, edge_index.get_indptr().numel() - 1, reduce=reduce)
+
+
+# In an ONNX graph of fixed shapes, the neighbour gather and its reduction run in row chunks
+# of about this many bytes of gathered features: each chunk's [rows * k, C] array stays in a
+# core's cache between the Gather that writes it and the Reduce that reads it. Measured in ONNX
+# Runtime (2-core Xeon, 4 MiB L2 per core, batch 16): pvig_ti 31.7 -> 33.8 img/s, vig_ti
+# 46.8 -> 50.0 img/s; chunking the k-NN scores or the FFN the same way gained nothing there.
+_ONNX_GATHER_CHUNK_BYTES = 2**20
+
+
+def _onnx_gather_reduce(x: Tensor, src: Tensor, k: int, reduce: str) -> Tensor:
+    """``reduce_regular(x[src], k, reduce)`` as an exported graph computes it: in row chunks
+    when the number of rows is fixed (a static-batch export), whole otherwise. Each target's
+    reduction is the same either way (the same k values in the same order), so the result is
+    identical.
+    """
+    n_rows = src.numel() // k
+    rows = max(1, _ONNX_GATHER_CHUNK_BYTES // (k * x.size(1) * x.element_size()))
+    if not isinstance(n_rows, int) or n_rows <= rows:  # symbolic (dynamic batch) or small
+        return reduce_regular(x.index_select(0, src), k, reduce)
+    return torch.cat([reduce_regular(x.index_select(0, src[s * k : (s + rows) * k]), k, reduce)
+                      for s in range(0, n_rows, rows)])
 
 
 def _use_compiled_reduce(x: Tensor) -> bool:

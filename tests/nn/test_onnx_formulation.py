@@ -80,3 +80,48 @@ def test_onnx_graph_shape(tmp_path):
                 and len(v.type.tensor_type.shape.dim) == 2
                 and v.type.tensor_type.shape.dim[0].dim_value == 2]
     assert int64_2e == []
+
+
+class _GatherReduce(torch.nn.Module):
+    def __init__(self, reduce):
+        super().__init__()
+        self.reduce = reduce
+
+    def forward(self, x, src):
+        from pyg_vig.nn.edge_index import KNNEdgeIndex
+        from pyg_vig.nn.reduce import neighbor_reduce
+
+        return neighbor_reduce(x, KNNEdgeIndex.from_sources(src, x.size(0)), self.reduce)
+
+
+@pytest.mark.parametrize("reduce", ["max", "mean", "sum"])
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_onnx_gather_reduce_chunks_rows_with_identical_result(tmp_path, monkeypatch, reduce,
+                                                               dynamic):
+    # With fixed shapes the exported neighbour gather + reduction runs in row chunks (one
+    # Gather of features per chunk); each row reduces the same k values in the same order, so
+    # ONNX Runtime gives exactly the eager result. A dynamic row count keeps one Gather.
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from pyg_vig.nn import reduce as reduce_mod
+
+    N, C, k = 50, 6, 5
+    monkeypatch.setattr(reduce_mod, "_ONNX_GATHER_CHUNK_BYTES", 12 * k * C * 4)  # 12 rows
+    g = torch.Generator().manual_seed(0)
+    x, src = torch.randn(N, C, generator=g), torch.randint(0, N, (N, k), generator=g)
+    module = _GatherReduce(reduce).eval()
+    rows = torch.export.Dim("rows", min=2)
+    shapes = ({0: rows}, {0: rows}) if dynamic else None
+    with torch.no_grad():
+        program = torch.onnx.export(module, (x, src), dynamo=True, verbose=False,
+                                    dynamic_shapes=shapes)
+    program.save(str(tmp_path / "r.onnx"))
+    proto = onnx.load(str(tmp_path / "r.onnx"))
+    feature_gathers = [n for n in proto.graph.node if n.op_type == "Gather" and n.input[0] == "x"]
+    assert len(feature_gathers) == (1 if dynamic else 5)  # ceil(50 / 12) chunks
+    sess = ort.InferenceSession(str(tmp_path / "r.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    got = sess.run(None, dict(zip(names, (x.numpy(), src.numpy()))))[0]
+    want = module(x, src)
+    assert torch.equal(torch.from_numpy(got), want)
