@@ -122,6 +122,6 @@ def test_onnx_gather_reduce_chunks_rows_with_identical_result(tmp_path, monkeypa
     assert len(feature_gathers) == (1 if dynamic else 5)  # ceil(50 / 12) chunks
     sess = ort.InferenceSession(str(tmp_path / "r.onnx"), providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
-    got = sess.run(None, dict(zip(names, (x.numpy(), src.numpy()))))[0]
+    got = sess.run(None, dict(zip(names, (x.numpy(), src.numpy()), strict=True)))[0]
     want = module(x, src)
     assert torch.equal(torch.from_numpy(got), want)
