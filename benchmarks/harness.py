@@ -136,12 +136,18 @@ def run_rounds(engines: Sequence[str], model: str, rounds: int, make_cmd, timeou
     for r in range(rounds):
         for pos, eng in enumerate(rotated_order(engines, r)):
             res, busy, err = run_isolated(make_cmd(eng, model), timeout)
-            row = RoundRow(r, pos, eng, model, float(res["img_s"]) if res else float("nan"),
-                           round(busy, 4), busy > busy_threshold, err)
+            img_s = float(res["img_s"]) if res else float("nan")
+            check = (res or {}).get("graph_err64", "")
+            if (res or {}).get("status") == "MISMATCH":
+                # a wrong exported graph gets no speed: left out of the medians
+                err, img_s = f"MISMATCH: float64 check of the exported graph {check}", float("nan")
+            row = RoundRow(r, pos, eng, model, img_s, round(busy, 4), busy > busy_threshold, err)
             if row.busy:
                 log(f"WARNING: machine busy ({busy:.0%} CPU used by other processes) "
                     f"while timing {eng} {model} round {r}")
-            log(f"round {r} {model:10s} {eng:14s} {row.img_s:8.2f} img/s {err}")
+            checked = f"(float64 check {check:.1e})" if isinstance(check, float) and not err \
+                else ""
+            log(f"round {r} {model:10s} {eng:14s} {row.img_s:8.2f} img/s {err}{checked}")
             rows.append(row)
     return rows
 

@@ -431,7 +431,8 @@ def main() -> None:
 
         ok = [r for r in rows if r.get("img_s")]
         print(json.dumps({"img_s": ok[0]["img_s"] if ok else float("nan"),
-                          "status": ok[0].get("status", "") if ok else "no row"}))
+                          "status": ok[0].get("status", "") if ok else "no row",
+                          "graph_err64": ok[0].get("graph_err64", "") if ok else ""}))
         return
     _plot(rows, out + ".png", machine)
 

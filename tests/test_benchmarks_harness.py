@@ -109,3 +109,20 @@ def test_from_rounds_renders_ratios(tmp_path):
     assert float(by["eager_vs_official_ort"][2]) == pytest.approx(51.0 / 50.0)
     assert by["eager_vs_official_ort"][6] == "met"
     assert float(by["ort_vs_official_ort"][2]) == pytest.approx(1.4)
+
+
+def test_run_rounds_drops_a_failed_export_check(monkeypatch):
+    # A child whose exported graph failed the float64 check: its speed is not counted, the row
+    # says why, and a passed check is logged with its value.
+    def fake(cmd, timeout, env=None):
+        if cmd[0] == "bad":
+            return {"img_s": 99.0, "status": "MISMATCH", "graph_err64": 0.078}, 0.0, ""
+        return {"img_s": 10.0, "status": "ok", "graph_err64": 6e-12}, 0.0, ""
+
+    monkeypatch.setattr(harness, "run_isolated", fake)
+    logs = []
+    rows = harness.run_rounds(["good", "bad"], "m", 1, lambda e, m: [e], log=logs.append)
+    bad = next(r for r in rows if r.engine == "bad")
+    assert bad.img_s != bad.img_s and "MISMATCH" in bad.error and "0.078" in bad.error
+    assert harness.summarize(rows)[("m", "bad")]["n"] == 0
+    assert any("float64 check 6.0e-12" in line for line in logs)
