@@ -125,3 +125,28 @@ def test_onnx_gather_reduce_chunks_rows_with_identical_result(tmp_path, monkeypa
     got = sess.run(None, dict(zip(names, (x.numpy(), src.numpy()), strict=True)))[0]
     want = module(x, src)
     assert torch.equal(torch.from_numpy(got), want)
+
+
+def test_static_batch_model_export_chunks_the_gather(tmp_path, monkeypatch):
+    # The walk of `pyg-vig export --static-batch`: to_onnx(dynamic_batch=False) of a pyramid
+    # model writes the chunked gather (more ReduceMax nodes than Graphers) and still passes
+    # its own onnxruntime verification against the eager model.
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from pyg_vig.export import ExportedModel, to_onnx
+    from pyg_vig.models import create_model
+    from pyg_vig.nn import reduce as reduce_mod
+
+    monkeypatch.setattr(reduce_mod, "_ONNX_GATHER_CHUNK_BYTES", 4096)
+    torch.manual_seed(0)
+    model = create_model("pvig_mini", img_size=32).eval()
+    x = torch.randn(2, 1, 32, 32)
+    path = to_onnx(model, tmp_path / "m.onnx", x, dynamic_batch=False, verify=True)
+    nodes = onnx.load(str(path)).graph.node
+    graphers = sum(1 for n, _ in model.named_modules() if n.endswith(".grapher"))
+    assert sum(n.op_type == "ReduceMax" for n in nodes) > 2 * graphers
+    with torch.no_grad():
+        want = model(x)
+    got = ExportedModel(path)(x)
+    assert ((got - want).abs().max() / want.abs().max()).item() < 1e-2
