@@ -12,7 +12,13 @@ from torch_geometric import EdgeIndex
 from pyg_vig.data.grid import GridLayout
 from pyg_vig.nn.conv import CONVS
 from pyg_vig.nn.drop import DropPath
-from pyg_vig.nn.knn import LowRankBias, grid_knn_graph, knn_graph, resolve_backend
+from pyg_vig.nn.knn import (
+    LowRankBias,
+    _real_tensors,
+    grid_knn_graph,
+    knn_graph,
+    resolve_backend,
+)
 from pyg_vig.nn.linear import LinearBN, can_fold, folded_linear_params, get_act
 from pyg_vig.ops.rows import feed_forward
 
@@ -24,19 +30,6 @@ RELATIVE_POS_MODES = ("official", "geometric")
 def _linear_bn(in_channels: int, out_channels: int, dd: dict) -> nn.Sequential:
     # Index 0 / 1 mirror the official Conv2d(1x1) / BatchNorm2d pair.
     return LinearBN(in_channels, out_channels, **dd)
-
-
-def _real_tensors():
-    """Leave the tracer's fake-tensor and proxy modes (torch.export / torch.compile)."""
-    from contextlib import ExitStack
-
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
-    from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
-
-    stack = ExitStack()
-    stack.enter_context(unset_fake_temporarily())
-    stack.enter_context(disable_proxy_modes_tracing())
-    return stack
 
 
 def _table(mode: str, h: int, w: int, channels: int, reduction: int, device, dtype,

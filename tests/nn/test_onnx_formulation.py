@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pyg_vig.nn.knn import LowRankBias, _dense_topk, _onnx_topk
+from pyg_vig.nn.knn import LowRankBias, _dense_topk, _onnx_key_orders, _onnx_topk
 from pyg_vig.nn.linear import _pair_linear_dense, grouped_linear, interleave
 
 
@@ -45,6 +45,90 @@ def test_onnx_scores_keep_non_finite_keys_farthest():
     assert torch.equal(out[0], _dense_topk(xq[:1], xk[:1], 24, None, compiled=False)[0])
 
 
+def _bias(kind, n, m, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if kind == "dense":
+        return torch.randn(n, m, generator=g) * 0.1
+    return LowRankBias(torch.randn(n, 4, generator=g) * 0.3, torch.randn(m, 4, generator=g) * 0.3)
+
+
+@pytest.mark.parametrize("kind", ["dense", "low_rank"])
+def test_onnx_key_orders_list_each_chunks_favoured_keys_first(kind):
+    n, m, C = 300, 64, 8
+    bias = _bias(kind, n, m)
+    chunks, table, offsets = _onnx_key_orders(bias, n, m, C + 1)
+    assert len(chunks) == 16 and chunks[0][0] == 0 and chunks[-1][1] == n  # 300 // 18 > 16
+    dense = bias.dense() if kind == "low_rank" else bias
+    for i, (start, stop, half) in enumerate(chunks):
+        order = table[i * m : (i + 1) * m]
+        assert torch.equal(order.sort().values, torch.arange(m))  # a permutation of the keys
+        mean = dense[start:stop].mean(0)[order]
+        assert (mean[1:] >= mean[:-1] - 1e-6).all()  # most favoured (lowest bias) first
+        assert torch.equal(offsets[start:stop, 0], torch.full((stop - start,), i * m))
+        if kind == "dense":
+            assert torch.equal(half, dense[start:stop, order] * 0.5)
+        else:
+            assert half is None
+    assert _onnx_key_orders(None, n, m, C + 1) is None  # no bias: keys in index order
+    assert _onnx_key_orders(bias, 20, m, C + 1) is None  # too few queries to split
+
+
+@pytest.mark.parametrize("kind", ["dense", "low_rank"])
+def test_onnx_ordered_selection_equals_eager(kind):
+    # Chunks of queries, each ranking its keys in its own order: mapped back, the neighbours
+    # (and their order) are the eager selection's.
+    xq, xk = _keys_and_norms(B=2, n=300, m=64, C=8, seed=3)
+    bias = _bias(kind, 300, 64, seed=4)
+    for kd in (9, 18):
+        assert torch.equal(_onnx(xq, xk, kd, bias), _dense_topk(xq, xk, kd, bias, compiled=False))
+
+
+class _Select(torch.nn.Module):
+    def __init__(self, kd, bias):
+        super().__init__()
+        self.kd, self.bias = kd, bias
+
+    def forward(self, xq, xk):
+        return _onnx(xq, xk, self.kd, self.bias)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_onnx_runtime_runs_the_ordered_selection(tmp_path, ties):
+    # The exported graph: 16 chunks (16 TopK nodes, keys gathered once in every chunk's
+    # order); ONNX Runtime returns the eager neighbours. With exactly tied keys (duplicated
+    # features and bias columns) it may keep another of the tied keys than torch.topk does,
+    # but every query's selected distances are the eager ones.
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    xq, xk = _keys_and_norms(B=2, n=300, m=64, C=8, seed=5)
+    bias = _bias("dense", 300, 64, seed=6)
+    if ties:
+        xk[:, 40:] = xk[:, 16:40]  # keys 40.. repeat keys 16..39 exactly
+        bias[:, 40:] = bias[:, 16:40]
+    kd = 12
+    with torch.no_grad():
+        program = torch.onnx.export(_Select(kd, bias).eval(), (xq, xk), dynamo=True, verbose=False)
+    program.save(str(tmp_path / "s.onnx"))
+    assert sum(n.op_type == "TopK" for n in onnx.load(str(tmp_path / "s.onnx")).graph.node) == 16
+    sess = ort.InferenceSession(str(tmp_path / "s.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    got = torch.from_numpy(sess.run(None, dict(zip(names, (xq.numpy(), xk.numpy()),
+                                                   strict=True)))[0])
+    want = _dense_topk(xq, xk, kd, bias, compiled=False)
+    assert got.shape == want.shape
+    if not ties:
+        assert torch.equal(got, want)
+        return
+    dist = torch.cdist(xq, xk).pow(2) + bias
+
+    def picked(idx):
+        return dist.gather(-1, idx).sort(-1).values
+
+    assert torch.equal(dist[..., 40:], dist[..., 16:40])  # the ties are exact
+    torch.testing.assert_close(picked(got), picked(want), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("channels,heads", [(8, 4), (12, 2), (16, 1)])
 def test_pair_linear_dense_equals_grouped_interleaved(channels, heads):
     torch.manual_seed(1)
@@ -55,13 +139,16 @@ def test_pair_linear_dense_equals_grouped_interleaved(channels, heads):
     torch.testing.assert_close(_pair_linear_dense(x, m, w, b, heads), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_onnx_graph_shape(tmp_path):
-    # The exported pyramid graph: one TopK per Grapher fed by the scores (one MatMul, then
-    # the official table subtracted), no [2, E] int64 edge tensor.
+def test_onnx_graph_shape(tmp_path, monkeypatch):
+    # The exported pyramid graph with one query chunk: one TopK per Grapher fed by the scores
+    # (one MatMul, then the official table subtracted), no [2, E] int64 edge tensor.
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
     from pyg_vig.export import to_onnx
     from pyg_vig.models import create_model
+    from pyg_vig.nn import knn
+
+    monkeypatch.setattr(knn, "_ONNX_TOPK_CHUNKS", 1)
 
     model = create_model("pvig_mini", img_size=32).eval()  # grids 16, 8, 4: the native ones
     path = to_onnx(model, tmp_path / "m.onnx", torch.randn(2, 1, 32, 32), dynamic_batch=False,
