@@ -270,6 +270,29 @@ def test_full_size_logits(name, official):
         assert differ.sum().item() <= 0.02 * B * N
 
 
+def test_full_size_pvig_onnx_graph_gives_the_official_logits(tmp_path):
+    # The user's walk: the full-size pvig_ti with official-layout weights (this fill rule has
+    # exact float32 distance ties), exported with a dynamic batch and checked by to_onnx,
+    # then run by load_exported: its ONNX graph, with the ordered k-NN selection of stages 0
+    # and 1 (16 and 4 query chunks), gives the official code's logits.
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from pyg_vig.export import load_exported, to_onnx
+
+    name = "b_pvig_ti_224_gelu_keys.pt"
+    fx = _load(name)
+    model = create_model(FULL[name]).eval()
+    model.load_state_dict(
+        checkpoint_filter_fn(_official_state_dict(fx["keys"], _brief_rule), model)
+    )
+    path = to_onnx(model, tmp_path / "pvig_ti.onnx", _input(), verify=True)
+    topk = sum(n.op_type == "TopK" for n in onnx.load(str(path)).graph.node)
+    assert topk == 2 * 16 + 2 * 4 + 6 + 2  # stages 0-1 chunked, stages 2-3 one per Grapher
+    logits = load_exported(path)(_input())
+    assert (logits - fx["logits"]).abs().max().item() <= 2e-5
+
+
 # --------------------------------------------------------------------------- loading files
 def _tiny(prefix, **kwargs):
     name, kw = TINY[prefix]
