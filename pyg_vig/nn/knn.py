@@ -254,7 +254,7 @@ def _onnx_topk(xq: Tensor, xk: Tensor, xk_sq: Tensor, kd: int,
 # nearby keys, the exported graph splits the queries into chunks of consecutive (spatially
 # close) nodes and lists each chunk's keys in the order of its mean bias, so most keys that
 # would displace one come first. Measured in ONNX Runtime (2-core Xeon, batch 16, pvig_ti):
-# TopK alone 31.6 -> 18.6 ms for stage 0 (3,136 queries, 196 keys, k = 9); the whole
+# TopK alone 29-32 -> 17.7 ms for stage 0 (3,136 queries, 196 keys, k = 9); the whole
 # selection 41.9 -> 31.2 ms (16 chunks) there, 12.2 -> 11.0 ms in stage 1 (4 chunks); the
 # 196-query stage 2 lost with any chunking (its keys have 241 channels), so it keeps one.
 _ONNX_TOPK_CHUNKS = 16
@@ -288,7 +288,7 @@ def _onnx_key_orders(bias: Tensor | LowRankBias | None, n: int, m: int, channels
     if bias is None or not isinstance(n, int) or not isinstance(m, int):
         return None
     rows = _onnx_topk_rows(n, m, channels)
-    if rows is None or rows >= n:
+    if rows is None:  # else at least two chunks
         return None
     chunks, orders = [], []
     with _real_tensors(), torch.no_grad():

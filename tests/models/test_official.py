@@ -274,7 +274,8 @@ def test_full_size_pvig_onnx_graph_gives_the_official_logits(tmp_path):
     # The user's walk: the full-size pvig_ti with official-layout weights (this fill rule has
     # exact float32 distance ties), exported with a dynamic batch and checked by to_onnx,
     # then run by load_exported: its ONNX graph, with the ordered k-NN selection of stages 0
-    # and 1 (16 and 4 query chunks), gives the official code's logits.
+    # and 1 (16 and 4 query chunks), gives the official code's logits; so does the file that
+    # `pyg-vig export pvig_ti --checkpoint FILE --static-batch` writes.
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
@@ -290,6 +291,16 @@ def test_full_size_pvig_onnx_graph_gives_the_official_logits(tmp_path):
     topk = sum(n.op_type == "TopK" for n in onnx.load(str(path)).graph.node)
     assert topk == 2 * 16 + 2 * 4 + 6 + 2  # stages 0-1 chunked, stages 2-3 one per Grapher
     logits = load_exported(path)(_input())
+    assert (logits - fx["logits"]).abs().max().item() <= 2e-5
+
+    # the same through the command line: an official-layout checkpoint, a static batch
+    from pyg_vig.cli import main
+
+    ckpt, out = tmp_path / "pvig_ti.pth", tmp_path / "static.onnx"
+    torch.save(_official_state_dict(fx["keys"], _brief_rule), ckpt)
+    assert main(["export", "pvig_ti", "--checkpoint", str(ckpt), "--static-batch",
+                 "--batch-size", "2", "-o", str(out)]) == 0
+    logits = load_exported(out)(_input())
     assert (logits - fx["logits"]).abs().max().item() <= 2e-5
 
 
